@@ -1,0 +1,27 @@
+"""autoopt: an automated optimization search for PyTorch models.
+
+    import autoopt
+    result = autoopt.search("pipelines/digits_cnn.py", target_latency="100ms")
+    print(result.best.config, result.best.metrics)
+"""
+
+__version__ = "0.1.0"
+
+from .cache import cache_dir  # noqa: E402
+from .errors import AutoOptError, ConfigError, PipelineError, Unsupported  # noqa: E402
+from .pipeline import Pipeline, bundled_pipelines, load_pipeline  # noqa: E402
+
+
+def __getattr__(name):
+    # search() pulls in torch, optuna and MLflow: import it on first use so `autoopt --help` stays fast.
+    if name in ("search", "SearchResult"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'autoopt' has no attribute {name!r}")
+
+
+__all__ = [
+    "Pipeline", "search", "SearchResult", "load_pipeline", "bundled_pipelines", "cache_dir",
+    "AutoOptError", "ConfigError", "PipelineError", "Unsupported", "__version__",
+]

@@ -1,0 +1,235 @@
+"""The Python API: `search(...)` runs a study and returns a `SearchResult`; the CLI wraps it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .accuracy import reference_accuracy
+from .errors import ConfigError
+from .pipeline import Pipeline, check_pipeline, load_pipeline
+from .space import load_space
+from .study import COMPLETE, Targets, TrialRecord, closest_infeasible, open_study, pareto_front, ranked_feasible, records, run
+from .tracking import Tracker, resolve_store, runs_url
+from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
+from .worker import run_isolated
+
+log = logging.getLogger("autoopt")
+
+
+@dataclass
+class SearchResult:
+    study: object  # the optuna.Study
+    study_name: str
+    pipeline: str
+    targets: Targets
+    trials: list[TrialRecord]
+    reference_accuracy: float
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    @property
+    def reference(self) -> TrialRecord | None:
+        return next((t for t in self.trials if t.reference and t.state == COMPLETE), None)
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The feasible trial with the highest throughput, or None when no trial met every target."""
+        ranked = ranked_feasible(self.trials)
+        return ranked[0] if ranked else None
+
+    def top(self, k: int = 5) -> list[TrialRecord]:
+        return ranked_feasible(self.trials)[:k]
+
+    @property
+    def closest(self) -> TrialRecord | None:
+        """When nothing is feasible: the trial that misses the targets by the least."""
+        return closest_infeasible(self.trials, self.targets)
+
+    def violations(self, trial: TrialRecord) -> list[str]:
+        return [self.targets.describe_violation(k, v) for k, v in trial.constraints.items() if v > 0]
+
+    def speedup(self, trial: TrialRecord) -> float | None:
+        """Throughput relative to the reference trial (same run, same machine)."""
+        ref = self.reference
+        return trial.metrics["throughput"] / ref.metrics["throughput"] if ref else None
+
+    def runs_url(self, base: str = "http://127.0.0.1:5000") -> str:
+        return runs_url(base, self.experiment_id, self.study_name)
+
+
+def search(
+    pipeline: str | os.PathLike | Pipeline | None = None,
+    *,
+    target_latency: str | float | None = None,
+    target_memory: str | float | None = None,
+    max_accuracy_drop: str | float = "1%",
+    space: str | os.PathLike | None = None,
+    trials: int = 20,
+    timeout: str | float | None = None,
+    seed: int | None = None,
+    study: str | None = None,
+    tracking_uri: str | os.PathLike | None = None,
+    storage: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    trial_timeout: str | float = "10m",
+    min_time: str | float = "1s",
+    listeners: list | tuple = (),
+) -> SearchResult:
+    """Search for the fastest configuration of `pipeline` that meets the targets.
+
+    pipeline: a pipeline file, a bundled pipeline name, or a Pipeline (default: the bundled default).
+    target_latency: p95 bound of one batch call, "100ms" (a bare number is milliseconds).
+    target_memory: peak memory bound, "512MB" or "2GiB" (a bare number is MB).
+    max_accuracy_drop: "1%" or 0.01, in points of the pipeline metric as a fraction.
+    space: a search-space YAML file or a bundled space name (default: search_spaces/default.yaml).
+    trials: finished trials the study should hold (a resumed study counts its earlier trials).
+    timeout: stop starting trials after this long, "30m" (a bare number is seconds).
+    study / storage: the Optuna study name and storage (default: a journal file in the MLflow store).
+    tracking_uri: MLflow tracking URI, or a directory for a local store (default: ./mlruns).
+    device: "auto", "cpu" or "cuda".  threads: intra-op threads (default: all available cores).
+    listeners: objects with optional trial_started(record) / trial_finished(record) methods.
+    """
+    targets = Targets(
+        latency_ms=None if target_latency is None else parse_latency_ms(target_latency, "target_latency"),
+        memory_mb=None if target_memory is None else parse_memory_mb(target_memory, "target_memory"),
+        max_accuracy_drop=parse_fraction(max_accuracy_drop, "max_accuracy_drop"),
+    )
+    timeout_s = None if timeout is None else _seconds(timeout, "timeout")
+    trial_timeout_s = _seconds(trial_timeout, "trial_timeout")
+    min_time_s = _seconds(min_time, "min_time")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"trials must be a whole number of at least 1. Got {trials!r}.")
+    if study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
+        raise ConfigError(f"study must be a name of letters, digits, '_', '.' and '-'. Got {study!r}.")
+    device = resolve_device(device)
+    threads = _threads(threads)
+
+    pipe = load_pipeline(pipeline)
+    log.info("Checking pipeline %s (the first use may train or download its model)…", pipe.name)
+    check_pipeline(pipe)
+    search_space = load_space(space, device)
+    for note in search_space.notes:
+        log.warning(note)
+    ref_accuracy = reference_accuracy(pipe)
+
+    uri, store = resolve_store(tracking_uri)
+    study_name = study or f"{pipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    optuna_study = open_study(study_name, _storage(storage, store), seed, search_space, device)
+    tracker = Tracker(uri, store, pipe.name)
+    tracker.start_study(study_name, {
+        "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory",
+        "space": search_space.source, "device": device, "threads": threads, "seed": seed,
+        "target_latency_ms": targets.latency_ms, "target_memory_mb": targets.memory_mb,
+        "max_accuracy_drop": targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
+        **_versions(),
+    })
+    with tempfile.TemporaryDirectory(prefix="autoopt-") as tmp:
+        request = {"pipeline": pipe.source, "pipeline_pickle": _pickle_if_needed(pipe, tmp),
+                   "device": device, "threads": threads, "min_time_s": min_time_s, "min_calls": 20}
+
+        def evaluate(config: dict, number: int) -> dict:
+            work = Path(tmp) / f"trial-{number}"
+            work.mkdir()
+            result = run_isolated({**request, "config": config}, str(work), trial_timeout_s)
+            if result["status"] == "complete":
+                result["metrics"]["accuracy_drop"] = ref_accuracy - result["metrics"]["accuracy"]
+            result["log_path"] = str(work / "worker.log")
+            return result
+
+        run(optuna_study, search_space, evaluate, targets, trials, timeout_s, device, [tracker, *listeners])
+        result = SearchResult(
+            study=optuna_study, study_name=study_name, pipeline=pipe.name, targets=targets,
+            trials=records(optuna_study), reference_accuracy=ref_accuracy, tracking_uri=uri,
+            experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id,
+        )
+        tracker.finish_study(result.best, pareto_front(result.trials), Path(tmp))
+    return result
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be one of [auto, cpu, cuda]. Got {device!r}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but no CUDA device is visible. Use --device cpu.")
+    return device
+
+
+def _seconds(value, option: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return parse_duration_s(value, option)
+
+
+def _threads(threads: int | None) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is None:
+        return cores
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a whole number of at least 1. Got {threads!r}.")
+    return threads
+
+
+def _storage(storage: str | None, store: Path | None):
+    """An Optuna storage: an RDB URL as given, else a journal file (safe for several processes)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if storage and "://" in storage:
+        return storage
+    path = Path(storage) if storage else (store or Path("mlruns").resolve()) / "optuna.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _pickle_if_needed(pipe: Pipeline, tmp: str) -> str | None:
+    """A pipeline built in memory (not loaded from a file) travels to the worker by value."""
+    if pipe.source:
+        return None
+    import cloudpickle
+
+    # Functions from a module the worker cannot import by name (a loaded pipeline file, __main__,
+    # a notebook) must travel by value, not as a reference to that module.
+    for fn in (pipe.build_model, pipe.make_inputs, pipe.evaluate, pipe.calibration_data, pipe.build_reference):
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if module is not None and module.__name__ != "builtins" and not _importable(module.__name__):
+            cloudpickle.register_pickle_by_value(module)
+    path = os.path.join(tmp, "pipeline.pkl")
+    with open(path, "wb") as f:
+        cloudpickle.dump(pipe, f)
+    return path
+
+
+def _importable(name: str) -> bool:
+    """Whether a fresh process could import this module by name (sys.modules does not count)."""
+    import importlib.machinery
+
+    top = name.partition(".")[0]
+    if name == "__main__":
+        return False
+    return top in sys.builtin_module_names or importlib.machinery.PathFinder.find_spec(top) is not None
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"autoopt_version": __version__}
+    for name in ("torch", "optuna", "onnxruntime", "mlflow"):
+        try:
+            out[f"{name}_version"] = version(name)
+        except PackageNotFoundError:
+            out[f"{name}_version"] = "not installed"
+    return out

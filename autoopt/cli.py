@@ -1,0 +1,202 @@
+"""The command line: parse, call the API, print. No logic lives here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import urllib.request
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import AutoOptError
+from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find the fastest deployable version of a PyTorch model that meets your targets.")
+# Piped output (CI logs, files) gets room for the summary table instead of the 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _fail(exc: AutoOptError) -> None:
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _describe(config: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items())
+
+
+class Progress:
+    """Prints one line per finished trial; shows the running trial on a terminal."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.status = None
+
+    def trial_started(self, record) -> None:
+        text = f"trial {record.number}{' (reference)' if record.reference else ''}: {_describe(record.config)}"
+        if self.console.is_terminal:
+            self.status = self.console.status(text)
+            self.status.start()
+
+    def trial_finished(self, record) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        head = f"#{record.number:<3} {_describe(record.config)}"
+        if record.state == "COMPLETE":
+            m = record.metrics
+            mark = "[green]feasible[/]" if record.feasible else "[yellow]infeasible[/]"
+            reused = f" (same as #{record.reused_from})" if record.reused_from is not None else ""
+            self.console.print(
+                f"{escape(head)}  p95 {m['latency_ms_p95']:.2f} ms  {m['throughput']:,.0f}/s  "
+                f"mem {m['peak_memory_mb']:.1f} MB  acc {m['accuracy']:.4f} (drop {m['accuracy_drop']:+.4f})  "
+                f"{mark}{reused}", highlight=False)
+        else:
+            color = "yellow" if record.state == "PRUNED" else "red"
+            self.console.print(f"{escape(head)}  [{color}]{record.state}[/]: {escape(str(record.reason))}", highlight=False)
+
+
+def _summary(result) -> Table:
+    rows = ([result.reference] if result.reference else []) + [t for t in result.top(5) if not t.reference]
+    knob_names = list(rows[0].config) if rows else []
+    table = Table(title=f"Study {result.study_name}: the reference and the top feasible trials")
+    for col in ("trial", *knob_names, "p50 ms", "p95 ms", "samples/s", "speedup", "peak MB", "size MB",
+                "accuracy", "drop"):
+        table.add_column(col, justify="left" if col in knob_names else "right")
+    for t in rows:
+        m = t.metrics
+        speedup = result.speedup(t)
+        table.add_row(
+            f"{t.number} (ref)" if t.reference else str(t.number), *(str(t.config[k]) for k in knob_names),
+            f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}",
+            f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}", f"{m['model_size_mb']:.2f}",
+            f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}",
+        )
+    return table
+
+
+@app.command()
+def search(
+    pipeline: Optional[str] = typer.Argument(None, help="Pipeline file or bundled name (default: digits_cnn)."),
+    target_latency: Optional[str] = typer.Option(None, help="p95 latency bound of one batch call: 100ms, 0.1s, 250us."),
+    target_memory: Optional[str] = typer.Option(None, help="Peak memory bound: 512MB, 2GiB."),
+    max_accuracy_drop: str = typer.Option("1%", help="Allowed metric drop vs the reference: 1% or 0.01."),
+    space: Optional[str] = typer.Option(None, help="Search space YAML file (default: search_spaces/default.yaml)."),
+    trials: int = typer.Option(20, min=1, help="Trials the study should hold, the reference included."),
+    timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long: 30m, 2h."),
+    seed: Optional[int] = typer.Option(None, help="Sampler seed."),
+    study: Optional[str] = typer.Option(None, help="Study name; the same name resumes a study."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads (default: all cores)."),
+    trial_timeout: str = typer.Option("10m", help="Time limit of one trial: 10m, 600s."),
+    min_time: str = typer.Option("1s", help="Timed calls of one trial last at least this long (more = steadier)."),
+) -> None:
+    """Search for the fastest configuration that meets the targets; log every trial to MLflow."""
+    from . import api
+
+    try:
+        result = api.search(
+            pipeline,
+            target_latency=None if target_latency is None else parse_latency_ms(target_latency, "--target-latency"),
+            target_memory=None if target_memory is None else parse_memory_mb(target_memory, "--target-memory"),
+            max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop"),
+            space=space, trials=trials,
+            timeout=None if timeout is None else parse_duration_s(timeout, "--timeout"),
+            seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
+            threads=threads, trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
+            min_time=parse_duration_s(min_time, "--min-time"),
+            listeners=[Progress(out)],
+        )
+    except AutoOptError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130)
+    out.print(_summary(result))
+    out.print(f"MLflow: {result.tracking_uri}  (browse with `autoopt ui`)", highlight=False)
+    best = result.best
+    if best is None:
+        closest = result.closest
+        err.print("[bold red]No trial met all constraints.[/]")
+        if closest is not None:
+            err.print(escape(f"Closest: trial {closest.number} ({_describe(closest.config)}): "
+                             + "; ".join(result.violations(closest)) + "."), highlight=False)
+        raise typer.Exit(3)
+    speedup = result.speedup(best)
+    out.print(f"[bold green]Best:[/] trial {best.number} ({escape(_describe(best.config))}): "
+              f"{best.metrics['throughput']:,.0f} samples/s"
+              + (f", {speedup:.2f}x the reference" if speedup else ""), highlight=False)
+
+
+@app.command()
+def ui(
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
+    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+    study: Optional[str] = typer.Option(None, help="Open this study's trials (default: the latest study)."),
+) -> None:
+    """Start the MLflow UI on the store, bound to 127.0.0.1, and print the URL of the study's trials."""
+    from . import tracking
+
+    uri, _ = tracking.resolve_store(tracking_uri)
+    base = f"http://127.0.0.1:{port}"
+    proc = tracking.start_ui(uri, port=port)
+    out.print(f"Starting the MLflow UI on {base} (store {uri}) …", highlight=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(base):
+            if proc.poll() is not None:
+                err.print(f"[bold red]error:[/] the MLflow UI exited with code {proc.returncode} (is port {port} free?).")
+                raise typer.Exit(1)
+            if time.monotonic() > deadline:
+                proc.terminate()
+                err.print("[bold red]error:[/] the MLflow UI did not answer within 120 s.")
+                raise typer.Exit(1)
+            time.sleep(0.5)
+        url = tracking.study_url(uri, base, study)
+        if url is None:
+            note = f"no study named {study!r}" if study else "no study yet"
+            out.print(f"MLflow UI: {base}  ({note} in this store)", highlight=False)
+        else:
+            out.print(f"MLflow UI: {url}", highlight=False, soft_wrap=True)
+        out.print("Press Ctrl-C to stop.")
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise typer.Exit(130)
+
+
+def _healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug output.")) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_time=False, show_path=False)])
+    logging.getLogger("autoopt").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        for noisy in ("alembic", "mlflow", "optuna"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    app(prog_name="autoopt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

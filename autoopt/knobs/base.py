@@ -1,0 +1,50 @@
+"""The knob interface: a knob is data (name, domain, baseline) plus plain functions.
+
+- `unavailable(value, device)`: why this value cannot run on this machine (checked when the search
+  space is loaded: the value is dropped with a warning), or None.
+- `conflict(config, device)`: why this whole combination cannot work (the trial is pruned before
+  anything is built), or None.
+- `apply(model, value, device)`: the model-level transform, for knobs realized on the nn.Module.
+  Knobs realized elsewhere (by the runtime, by the measurement) leave it None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+def _never(*_args) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    doc: str
+    baseline: Any  # the "off" value: the reference configuration uses it
+    choices: tuple | None = None  # every value a categorical knob can take
+    bounds: tuple[float, float] | None = None  # inclusive range of a numeric knob
+    integer: bool = False
+    unavailable: Callable[[Any, str], str | None] = _never
+    conflict: Callable[[dict, str], str | None] = _never
+    apply: Callable[[Any, Any, str], Any] | None = None
+
+    @property
+    def numeric(self) -> bool:
+        return self.bounds is not None
+
+    def describe_domain(self) -> str:
+        if self.numeric:
+            kind = "an integer" if self.integer else "a number"
+            return f"{kind} in [{self.bounds[0]:g}, {self.bounds[1]:g}]"
+        return "one of [" + ", ".join(str(c) for c in self.choices) + "]"
+
+    def contains(self, value: Any) -> bool:
+        if self.numeric:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return False
+            if self.integer and not float(value).is_integer():
+                return False
+            return self.bounds[0] <= value <= self.bounds[1]
+        return value in self.choices

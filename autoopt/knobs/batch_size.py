@@ -1,0 +1,11 @@
+"""batch_size: how many samples one predict call carries. Realized by the measurement (the inputs)."""
+
+from .base import Knob
+
+KNOB = Knob(
+    name="batch_size",
+    doc="Samples per predict call; throughput = batch_size / p50 latency.",
+    baseline=1,
+    bounds=(1, 65536),
+    integer=True,
+)

@@ -1,0 +1,27 @@
+"""compile_mode: the runtime that executes the candidate, is measured, and is later shipped.
+
+Each value is a module in autoopt.runtimes; this knob only asks that runtime what it can carry.
+"""
+
+from __future__ import annotations
+
+from .. import runtimes
+from .base import Knob
+
+
+def _unavailable(value: str, device: str) -> str | None:
+    return runtimes.get(value).unavailable(device)
+
+
+def _conflict(config: dict, device: str) -> str | None:
+    return runtimes.get(config["compile_mode"]).conflict(config, device)
+
+
+KNOB = Knob(
+    name="compile_mode",
+    doc="Runtime that builds predict: eager (PyTorch) or onnxruntime (ONNX export + ORT session).",
+    baseline="eager",
+    choices=tuple(runtimes.RUNTIMES),
+    unavailable=_unavailable,
+    conflict=_conflict,
+)

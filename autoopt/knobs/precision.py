@@ -1,0 +1,43 @@
+"""precision: the dtype the model computes in. fp32 is the reference; bf16/fp16 cast the model.
+
+Inputs are cast to the model's dtype by the runtime and outputs come back as fp32, so that callers
+see the reference's dtypes. On this kind of CPU (no avx512_bf16) bf16 is emulated: it can win at
+batch 1 and loses at large batches, so it stays a searchable choice. fp16 on CPU is 10-190x slower
+than fp32 and is only offered on CUDA.
+"""
+
+from __future__ import annotations
+
+from .base import Knob
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _unavailable(value: str, device: str) -> str | None:
+    import torch
+
+    if value == "fp16" and device == "cpu":
+        return "fp16 needs a CUDA device (on CPU it is many times slower than fp32)"
+    if value == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        return "bf16 is not supported by this CUDA device"
+    return None
+
+
+def torch_dtype(value: str):
+    import torch
+
+    return getattr(torch, DTYPES[value])
+
+
+def _apply(model, value: str, device: str):
+    return model if value == "fp32" else model.to(torch_dtype(value))
+
+
+KNOB = Knob(
+    name="precision",
+    doc="Compute dtype of the model: fp32 (reference), bf16, fp16 (CUDA only).",
+    baseline="fp32",
+    choices=tuple(DTYPES),
+    unavailable=_unavailable,
+    apply=_apply,
+)

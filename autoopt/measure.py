@@ -1,0 +1,150 @@
+"""Latency, throughput and peak memory of a candidate.
+
+Latency: warm up until the call time is stable (at least 5 calls), then time calls for at least
+`min_time_s` and `min_calls`; report p50/p95/p99 and the coefficient of variation.
+Peak memory on CPU: growth of the process's resident set over the measured span (the kernel's
+high-water mark, reset at the start; a sampling thread where that is unavailable).
+On CUDA: peak allocated bytes over the span.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import psutil
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cv: float  # stdev / mean of the timed calls: how noisy the measurement was
+    calls: int
+    warmup_calls: int
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of a non-empty sample."""
+    ordered = sorted(samples)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def time_calls(
+    fn: Callable[[], object],
+    *,
+    min_time_s: float = 1.0,
+    min_calls: int = 20,
+    warmup_min_calls: int = 5,
+    warmup_max_s: float = 5.0,
+    stable_tolerance: float = 0.1,
+    sync: Callable[[], None] | None = None,
+) -> Latency:
+    """Time `fn()`; `sync` (e.g. torch.cuda.synchronize) is called before each clock read."""
+    sync = sync or (lambda: None)
+
+    def once() -> float:
+        start = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - start
+
+    # Warm-up: windows of `warmup_min_calls` calls until two consecutive medians agree.
+    warm: list[float] = []
+    started = time.perf_counter()
+    previous = None
+    while True:
+        window = [once() for _ in range(warmup_min_calls)]
+        warm += window
+        current = statistics.median(window)
+        if previous is not None and abs(current - previous) <= stable_tolerance * previous:
+            break
+        if time.perf_counter() - started > warmup_max_s:
+            break
+        previous = current
+
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < min_calls or time.perf_counter() - started < min_time_s:
+        samples.append(once())
+    mean = statistics.fmean(samples)
+    ms = [s * 1e3 for s in samples]
+    return Latency(
+        p50_ms=percentile(ms, 50),
+        p95_ms=percentile(ms, 95),
+        p99_ms=percentile(ms, 99),
+        cv=statistics.pstdev(samples) / mean if mean > 0 else 0.0,
+        calls=len(samples),
+        warmup_calls=len(warm),
+    )
+
+
+def _read_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(r"VmHWM:\s+(\d+)\s+kB", f.read())
+        return int(match.group(1)) * 1024 if match else None
+    except OSError:
+        return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+        return _read_hwm_bytes() is not None
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as peak: ...` then `peak.mb`: the growth over the block, in MB."""
+
+    def __init__(self, device: str = "cpu", sample_interval_s: float = 0.002):
+        self.device = device
+        self.interval = sample_interval_s
+        self.mb = 0.0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._process = psutil.Process()
+        self._start = self._process.memory_info().rss
+        self._sampler = None
+        if not _reset_hwm():
+            self._peak = self._start
+            self._stop = threading.Event()
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        elif self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+            peak = max(self._peak, self._process.memory_info().rss)
+        else:
+            peak = _read_hwm_bytes()
+        self.mb = max(0, peak - self._start) / 1e6

@@ -1,0 +1,149 @@
+"""The pipeline contract, and loading a pipeline from a file or by the name of a bundled one."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import PipelineError
+
+DEFAULT_PIPELINE = "digits_cnn"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+@dataclass
+class Pipeline:
+    """What autoopt needs to know about a model. A pipeline file defines `PIPELINE = Pipeline(...)`.
+
+    build_model: () -> nn.Module, a fresh fp32 reference model on CPU in eval mode.
+    make_inputs: (batch_size) -> tuple of tensors, one batch of positional inputs (dim 0 = batch).
+    evaluate: (predict) -> float, optional task metric on held-out data, higher is better.
+    calibration_data: () -> iterable of input tuples, optional representative inputs.
+    build_reference: () -> nn.Module, optional reference for the accuracy check (default build_model).
+    """
+
+    name: str
+    build_model: Callable[[], Any]
+    make_inputs: Callable[[int], tuple]
+    evaluate: Callable[[Callable], float] | None = None
+    calibration_data: Callable[[], Iterable[tuple]] | None = None
+    build_reference: Callable[[], Any] | None = None
+    source: str | None = field(default=None, compare=False)  # the file it was loaded from
+
+    def __post_init__(self) -> None:
+        where = self.source or "Pipeline(...)"
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise PipelineError(f"{where}: Pipeline 'name' must be a non-empty string. Got {self.name!r}.")
+        for attr in ("build_model", "make_inputs"):
+            if not callable(getattr(self, attr)):
+                raise PipelineError(f"{where}: Pipeline '{attr}' must be a function. Got {getattr(self, attr)!r}.")
+        for attr in ("evaluate", "calibration_data", "build_reference"):
+            value = getattr(self, attr)
+            if value is not None and not callable(value):
+                raise PipelineError(f"{where}: Pipeline '{attr}' must be a function or None. Got {value!r}.")
+
+    def reference_model(self):
+        return (self.build_reference or self.build_model)()
+
+
+def bundled_pipelines() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def load_pipeline(ref: str | os.PathLike | Pipeline | None = None) -> Pipeline:
+    """A pipeline from a file path, a bundled name (see `bundled_pipelines()`), or as given."""
+    if isinstance(ref, Pipeline):
+        return ref
+    ref = DEFAULT_PIPELINE if ref is None else os.fspath(ref)
+    path = Path(ref)
+    if not (path.suffix == ".py" or os.sep in ref or path.exists()):
+        bundled = BUNDLED_DIR / f"{ref}.py"
+        if not bundled.exists():
+            raise PipelineError(
+                f"{ref}: no such pipeline file, and not a bundled pipeline name. "
+                f"Expected a path to a .py file or one of {bundled_pipelines()}."
+            )
+        path = bundled
+    if not path.is_file():
+        raise PipelineError(f"{ref}: pipeline file not found.")
+    module_name = f"autoopt_pipeline_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # pickling and dataclasses look functions up by module
+    try:
+        spec.loader.exec_module(module)
+    except PipelineError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any import failure is the user's file's problem
+        sys.modules.pop(module_name, None)
+        raise PipelineError(f"{path}: failed to import: {_one_line(exc)}") from exc
+    pipeline = getattr(module, "PIPELINE", None)
+    if pipeline is None:
+        raise PipelineError(f"{path}: defines no PIPELINE. Add `PIPELINE = autoopt.Pipeline(name=..., ...)`.")
+    if not isinstance(pipeline, Pipeline):
+        raise PipelineError(f"{path}: PIPELINE must be an autoopt.Pipeline. Got {type(pipeline).__name__}.")
+    pipeline.source = str(path.resolve())
+    return pipeline
+
+
+def check_pipeline(pipeline: Pipeline) -> None:
+    """Call the pipeline's functions once and check what they return, so that a broken pipeline fails
+    here with its file named, not in the middle of a search."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    where = pipeline.source or f"pipeline {pipeline.name!r}"
+    for attr in ("build_model", "build_reference"):
+        fn = getattr(pipeline, attr)
+        if fn is None:
+            continue
+        model = _call(where, attr, fn)
+        if not isinstance(model, torch.nn.Module):
+            raise PipelineError(f"{where}: {attr}() must return a torch.nn.Module. Got {type(model).__name__}.")
+    inputs = _call(where, "make_inputs", pipeline.make_inputs, 2)
+    if not isinstance(inputs, tuple) or not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        got = type(inputs).__name__ if not isinstance(inputs, tuple) else f"({', '.join(type(t).__name__ for t in inputs)})"
+        raise PipelineError(f"{where}: make_inputs(2) must return a non-empty tuple of tensors, e.g. (x,). Got {got}.")
+    for i, tensor in enumerate(inputs):
+        if tensor.dim() == 0 or tensor.shape[0] != 2:
+            raise PipelineError(
+                f"{where}: make_inputs(2) must return tensors whose first dimension is the batch size 2; "
+                f"input {i} has shape {tuple(tensor.shape)}."
+            )
+    model = pipeline.build_model().eval()
+    with torch.inference_mode():
+        outputs = _call(where, "the model's forward on make_inputs(2)", model, *inputs)
+    leaves = pytree.tree_leaves(outputs)
+    if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
+        raise PipelineError(
+            f"{where}: the model must return a tensor, or a tuple or dict of tensors. Got {type(outputs).__name__}."
+        )
+
+
+def check_metric(where: str, value: object) -> float:
+    import numbers
+
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise PipelineError(f"{where}: evaluate(predict) must return a number (higher is better). Got {value!r}.")
+    return float(value)
+
+
+def _call(where: str, what: str, fn: Callable, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise PipelineError(f"{where}: {what} raised {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

@@ -1,0 +1,63 @@
+"""What every runtime shares: the build context, the built candidate, and output-structure helpers.
+
+A runtime module provides `unavailable(device)`, `conflict(config, device)` and two steps:
+- `prepare(model, example_inputs, config, ctx) -> Prepared`: the offline work (export, serialization)
+  that produces what would be shipped, and its size;
+- `load(prepared, config, ctx) -> Built`: what a server does with it (load, create a session).
+Peak memory is measured over `load` plus the timed calls, so export machinery is not counted.
+`predict(*inputs)` takes CPU tensors in the reference's dtypes and returns CPU fp32 outputs with the
+eager model's structure (tensor, tuple, dict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    device: str  # "cpu" or "cuda"
+    threads: int  # intra-op threads (CPU)
+    workdir: str  # where the runtime may write its artifact (e.g. model.onnx)
+
+
+@dataclass
+class Prepared:
+    model_size_mb: float  # size of the serialized artifact this runtime ships
+    artifact: str | None = None  # path of that artifact, when the runtime wrote one
+    state: dict[str, Any] = field(default_factory=dict)  # what `load` needs besides the file
+
+
+@dataclass
+class Built:
+    predict: Callable[..., Any]
+    sync: Callable[[], None] | None = None  # waits for queued device work (CUDA), for timing
+
+
+def output_spec(outputs):
+    """The pytree structure of a model's outputs, to restore it after a flat runtime."""
+    from torch.utils import _pytree as pytree
+
+    return pytree.tree_flatten(outputs)[1]
+
+
+def to_reference_dtypes(outputs):
+    """fp32 on CPU for floating outputs, so a bf16/fp16 candidate looks like the reference."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    def convert(t):
+        if isinstance(t, torch.Tensor):
+            t = t.to("cpu")
+            return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+        return t
+
+    return pytree.tree_map(convert, outputs)
+
+
+def cast_inputs(inputs, dtype, device: str) -> tuple:
+    """Floating inputs take the model's dtype; integer inputs (ids, masks) keep theirs."""
+    return tuple(
+        t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device) for t in inputs
+    )

@@ -1,0 +1,56 @@
+"""A sampler wrapper that keeps the search budget for configurations worth measuring.
+
+It draws a whole configuration from the wrapped sampler (TPE by default) and draws again when the
+configuration repeats a finished trial, or conflicts for a reason some earlier trial was already
+pruned for. So each kind of impossible combination costs at most one (cheap, pruned) trial and is
+never tried twice, while the Optuna search space itself stays fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from optuna.samplers import BaseSampler, RandomSampler
+
+MAX_DRAWS = 64
+
+
+class ValidConfigSampler(BaseSampler):
+    def __init__(self, inner: BaseSampler, distributions: dict, conflict: Callable[[dict], str | None],
+                 seed: int | None = None):
+        self.inner = inner
+        # When the inner sampler has converged and only proposes what was measured, explore at random.
+        self.fallback = RandomSampler(seed=seed)
+        self.distributions = distributions
+        self.conflict = conflict
+
+    def infer_relative_search_space(self, study, trial):
+        return dict(self.distributions)
+
+    def sample_relative(self, study, trial, search_space):
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        seen = [t.params for t in finished]
+        pruned_for = {t.user_attrs.get("reason") for t in finished if t.state.name == "PRUNED"}
+        params: dict = {}
+        for sampler in (self.inner, self.fallback):
+            for _ in range(MAX_DRAWS):
+                params = dict(sampler.sample_relative(study, trial, search_space))
+                for name, dist in search_space.items():
+                    if name not in params:
+                        params[name] = sampler.sample_independent(study, trial, name, dist)
+                if params not in seen and self.conflict(params) not in pruned_for - {None}:
+                    return params
+        return params  # the space is exhausted: the study reuses or prunes it
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self):
+        self.inner.reseed_rng()
+        self.fallback.reseed_rng()

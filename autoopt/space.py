@@ -1,0 +1,188 @@
+"""Search spaces: a YAML file with one entry per knob -> validated domains -> suggest(trial) -> dict.
+
+    batch_size: [1, 8, 32, 64]           # a list is categorical
+    batch_size: {low: 1, high: 256, log: true}   # a mapping is numeric (step | log)
+
+Knobs the file leaves out are fixed at their baseline, so every trial's params name every knob and
+the same dict serves as Optuna params, MLflow params and export manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import knobs
+from .errors import ConfigError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_SPACE = "default"
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    def distribution(self):
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.choices is not None:
+            return CategoricalDistribution(list(self.choices))
+        if knobs.REGISTRY[self.name].integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def suggest(self, trial):
+        d = self.distribution()
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, d.choices)
+        if knobs.REGISTRY[self.name].integer:
+            return trial.suggest_int(self.name, d.low, d.high, step=d.step, log=d.log)
+        return trial.suggest_float(self.name, d.low, d.high, step=d.step, log=d.log)
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "[" + ", ".join(str(c) for c in self.choices) + "]"
+        extra = ", log" if self.log else (f", step {self.step:g}" if self.step else "")
+        return f"{self.low:g}..{self.high:g}{extra}"
+
+
+@dataclass
+class Space:
+    domains: dict[str, Domain]
+    source: str
+    notes: list[str] = field(default_factory=list)  # values dropped or added at load, for the user
+
+    def distributions(self) -> dict:
+        return {name: domain.distribution() for name, domain in self.domains.items()}
+
+    def suggest(self, trial) -> dict:
+        return {name: domain.suggest(trial) for name, domain in self.domains.items()}
+
+    def reference_config(self) -> dict:
+        return {name: knobs.REGISTRY[name].baseline for name in self.domains}
+
+
+def resolve_space_path(ref: str | os.PathLike | None) -> Path:
+    ref = DEFAULT_SPACE if ref is None else os.fspath(ref)
+    path = Path(ref)
+    if not path.exists() and path.suffix == "" and os.sep not in ref:
+        path = SPACES_DIR / f"{ref}.yaml"
+    if not path.is_file():
+        bundled = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+        raise ConfigError(f"Search space file {ref} not found. Expected a YAML file path or one of {bundled}.")
+    return path
+
+
+def load_space(ref: str | os.PathLike | None = None, device: str = "cpu") -> Space:
+    path = resolve_space_path(ref)
+    where = str(ref) if ref is not None else f"search_spaces/{DEFAULT_SPACE}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{where} is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must map knob names to domains. Got a {type(raw).__name__}.")
+    unknown = [k for k in raw if k not in knobs.REGISTRY]
+    if unknown:
+        raise ConfigError(
+            f"The '{unknown[0]}' entry of {where} is not a knob. Expected one of [{', '.join(knobs.REGISTRY)}]."
+        )
+    space = Space(domains={}, source=str(path))
+    for name, knob in knobs.REGISTRY.items():
+        if name in raw:
+            domain = _domain(knob, raw[name], where)
+            domain = _drop_unavailable(knob, domain, device, where, space.notes)
+            domain = _with_baseline(knob, domain, where, space.notes)
+        else:
+            domain = Domain(name, choices=(knob.baseline,))
+        space.domains[name] = domain
+    return space
+
+
+def _domain(knob: knobs.Knob, value, where: str) -> Domain:
+    entry = f"The '{knob.name}' entry of {where}"
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"{entry} must list at least one value, {knob.describe_domain()}. Got [].")
+        for item in value:
+            if not knob.contains(item):
+                raise ConfigError(f"{entry} must contain only values {knob.describe_domain()}. Got {item!r}.")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{entry} lists a value twice. Got {value!r}.")
+        return Domain(knob.name, choices=tuple(int(v) if knob.integer else v for v in value))
+    if isinstance(value, dict):
+        if not knob.numeric:
+            raise ConfigError(f"{entry} must be a list of values, {knob.describe_domain()}. Got a mapping {value!r}.")
+        extra = sorted(set(value) - {"low", "high", "step", "log"})
+        if extra or "low" not in value or "high" not in value:
+            raise ConfigError(
+                f"{entry} must be a mapping with 'low' and 'high' and optionally 'step' or 'log'. Got {value!r}."
+            )
+        low, high = value["low"], value["high"]
+        for bound in (low, high):
+            if not knob.contains(bound):
+                raise ConfigError(f"{entry} must have low and high {knob.describe_domain()}. Got {bound!r}.")
+        if low > high:
+            raise ConfigError(f"{entry} must have low <= high. Got low={low!r}, high={high!r}.")
+        step, log = value.get("step"), value.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{entry} must have 'log' true or false. Got {log!r}.")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0
+                                 or (knob.integer and not float(step).is_integer())):
+            kind = "a positive integer" if knob.integer else "a positive number"
+            raise ConfigError(f"{entry} must have 'step' {kind}. Got {step!r}.")
+        if step is not None and log:
+            raise ConfigError(f"{entry} cannot have both 'step' and 'log'. Got {value!r}.")
+        return Domain(knob.name, low=low, high=high, step=step, log=log)
+    raise ConfigError(
+        f"{entry} must be a list (categorical) or a mapping {{low, high, step|log}} (numeric), "
+        f"{knob.describe_domain()}. Got {value!r}."
+    )
+
+
+def _drop_unavailable(knob: knobs.Knob, domain: Domain, device: str, where: str, notes: list[str]) -> Domain:
+    if domain.choices is None:
+        return domain
+    kept = []
+    for value in domain.choices:
+        reason = knob.unavailable(value, device)
+        if reason:
+            notes.append(f"{knob.name}={value} dropped from {where}: {reason}.")
+        else:
+            kept.append(value)
+    if not kept:
+        raise ConfigError(
+            f"The '{knob.name}' entry of {where} has no value that runs on this {device} machine. "
+            f"Got {list(domain.choices)!r}; see the warnings above."
+        )
+    return Domain(knob.name, choices=tuple(kept))
+
+
+def _with_baseline(knob: knobs.Knob, domain: Domain, where: str, notes: list[str]) -> Domain:
+    """The reference trial (every knob at its baseline) must be expressible in the space."""
+    if domain.choices is not None:
+        if knob.baseline in domain.choices:
+            return domain
+        notes.append(f"{knob.name}={knob.baseline} added to {where}: the reference trial uses it.")
+        return Domain(knob.name, choices=(knob.baseline, *domain.choices))
+    if domain.low <= knob.baseline <= domain.high and (
+        domain.step is None or (knob.baseline - domain.low) % domain.step == 0
+    ):
+        return domain
+    raise ConfigError(
+        f"The '{knob.name}' entry of {where} must include the reference value {knob.baseline!r}. "
+        f"Got {domain.describe()}; widen the range or use a list."
+    )

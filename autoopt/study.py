@@ -1,0 +1,200 @@
+"""The Optuna study: maximize throughput subject to latency, memory and accuracy-drop constraints.
+
+The reference configuration is always trial 0. Each trial's outcome lives in Optuna's storage (value,
+constraints, user attrs "metrics" and "reason"), so a `TrialRecord` can be rebuilt from any study.
+Listeners (MLflow tracking, progress output) are told when a trial starts and finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import knobs
+
+COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
+
+
+@dataclass(frozen=True)
+class Targets:
+    latency_ms: float | None = None  # bound on p95 latency of one batch call
+    memory_mb: float | None = None  # bound on peak memory growth
+    max_accuracy_drop: float = 0.01
+
+    def constraints(self, metrics: dict) -> dict[str, float]:
+        """Optuna constraint values: feasible iff every one is <= 0."""
+        out = {"accuracy": metrics["accuracy_drop"] - self.max_accuracy_drop}
+        if self.latency_ms is not None:
+            out["latency"] = metrics["latency_ms_p95"] - self.latency_ms
+        if self.memory_mb is not None:
+            out["memory"] = metrics["peak_memory_mb"] - self.memory_mb
+        return out
+
+    def bound(self, name: str) -> float:
+        return {"accuracy": self.max_accuracy_drop, "latency": self.latency_ms, "memory": self.memory_mb}[name]
+
+    def describe_violation(self, name: str, excess: float) -> str:
+        bound = self.bound(name)
+        share = f" (+{excess / bound:.0%})" if bound else ""
+        if name == "latency":
+            return f"latency p95 {bound + excess:.2f} ms is over the {bound:g} ms target by {excess:.2f} ms{share}"
+        if name == "memory":
+            return f"peak memory {bound + excess:.1f} MB is over the {bound:g} MB target by {excess:.1f} MB{share}"
+        return (
+            f"accuracy drop {bound + excess:.4f} is over the allowed {bound:g} by {excess:.4f}"
+        )
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    config: dict
+    state: str  # COMPLETE, PRUNED, FAILED, RUNNING
+    metrics: dict = field(default_factory=dict)
+    constraints: dict = field(default_factory=dict)
+    reason: str | None = None
+    reference: bool = False
+    reused_from: int | None = None
+    log_path: str | None = None  # the worker's log while the trial is being reported
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == COMPLETE and all(v <= 0 for v in self.constraints.values())
+
+    @classmethod
+    def from_optuna(cls, trial) -> "TrialRecord":
+        state = {"COMPLETE": COMPLETE, "PRUNED": PRUNED, "FAIL": FAILED}.get(trial.state.name, RUNNING)
+        return cls(
+            number=trial.number,
+            config=dict(trial.params),
+            state=state,
+            metrics=dict(trial.user_attrs.get("metrics", {})),
+            constraints=dict(trial.constraints or {}) if state == COMPLETE else {},
+            reason=trial.user_attrs.get("reason"),
+            reference=bool(trial.user_attrs.get("reference")),
+            reused_from=trial.user_attrs.get("reused_from"),
+        )
+
+
+def open_study(name: str, storage, seed: int | None, space, device: str):
+    """Create or resume the study; TPE (constraint-aware) behind the valid-configuration filter."""
+    import optuna
+
+    from .sampler import ValidConfigSampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = ValidConfigSampler(
+        optuna.samplers.TPESampler(seed=seed), space.distributions(), lambda c: knobs.conflict(c, device), seed=seed,
+    )
+    return optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True, sampler=sampler
+    )
+
+
+def run(
+    study,
+    space,
+    evaluate: Callable[[dict, int], dict],
+    targets: Targets,
+    n_trials: int,
+    timeout_s: float | None,
+    device: str,
+    listeners: list,
+) -> None:
+    """Ask/tell until the study holds `n_trials` finished trials or `timeout_s` has passed.
+
+    `evaluate(config, number)` returns the worker's result dict (status, reason, metrics).
+    """
+    import optuna
+
+    if not study.trials:
+        study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
+    started = time.monotonic()
+    while sum(t.state.is_finished() for t in study.trials) < n_trials:
+        if timeout_s is not None and time.monotonic() - started >= timeout_s:
+            break
+        trial = study.ask()
+        config = space.suggest(trial)
+        record = TrialRecord(trial.number, config, RUNNING, reference=bool(trial.user_attrs.get("reference")))
+        _notify(listeners, "trial_started", record)
+        reason = knobs.conflict(config, device)
+        previous = None if reason else _same_config(study, config)
+        if reason:
+            result = {"status": "pruned", "reason": reason, "metrics": {}}
+        elif previous is not None:
+            # Re-measuring an identical configuration costs a full trial and teaches the sampler nothing.
+            result = {"status": "complete", "reason": None, "metrics": dict(previous.user_attrs["metrics"])}
+            record.reused_from = previous.number
+            trial.set_user_attr("reused_from", previous.number)
+        else:
+            result = evaluate(config, trial.number)
+        record.log_path = result.pop("log_path", None)
+        record.metrics, record.reason = result["metrics"], result["reason"]
+        if record.reason:
+            trial.set_user_attr("reason", record.reason)
+        if result["status"] == "complete":
+            record.state = COMPLETE
+            record.constraints = targets.constraints(record.metrics)
+            for key, value in record.constraints.items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("metrics", record.metrics)
+            study.tell(trial, record.metrics["throughput"])
+        elif result["status"] == "pruned":
+            record.state = PRUNED
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            record.state = FAILED
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _notify(listeners, "trial_finished", record)
+
+
+def _same_config(study, config: dict):
+    for t in study.trials:
+        if t.state.name == "COMPLETE" and t.params == config and "metrics" in t.user_attrs:
+            return t
+    return None
+
+
+def _notify(listeners: list, event: str, *args) -> None:
+    for listener in listeners:
+        handler = getattr(listener, event, None)
+        if handler is not None:
+            handler(*args)
+
+
+def records(study) -> list[TrialRecord]:
+    return [TrialRecord.from_optuna(t) for t in study.trials]
+
+
+def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """Complete trials not dominated in (higher throughput, lower accuracy drop)."""
+    done = [t for t in trials if t.state == COMPLETE and t.reused_from is None]
+
+    def dominates(a: TrialRecord, b: TrialRecord) -> bool:
+        ta, tb = a.metrics["throughput"], b.metrics["throughput"]
+        da, db = a.metrics["accuracy_drop"], b.metrics["accuracy_drop"]
+        return ta >= tb and da <= db and (ta > tb or da < db)
+
+    front = [t for t in done if not any(dominates(o, t) for o in done)]
+    return sorted(front, key=lambda t: -t.metrics["throughput"])
+
+
+def ranked_feasible(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """Feasible trials by throughput, best first; a configuration appears once."""
+    seen, out = set(), []
+    for t in sorted((t for t in trials if t.feasible), key=lambda t: -t.metrics["throughput"]):
+        key = tuple(sorted(t.config.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def closest_infeasible(trials: list[TrialRecord], targets: Targets) -> TrialRecord | None:
+    """The complete trial that misses the targets by the least (sum of relative excesses)."""
+    def excess(t: TrialRecord) -> float:
+        return sum(max(0.0, v) / (targets.bound(k) or 1.0) for k, v in t.constraints.items())
+
+    done = [t for t in trials if t.state == COMPLETE]
+    return min(done, key=excess) if done else None

@@ -1,0 +1,208 @@
+"""MLflow tracking: one parent run per study, one child run per trial, artifacts at the end.
+
+The default store is `mlruns/` in the working directory: a sqlite database (mlruns/mlflow.db) plus
+artifacts (mlruns/artifacts). MLflow is imported lazily (it costs seconds) and its telemetry is off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import warnings
+from pathlib import Path
+
+from .study import COMPLETE, FAILED, PRUNED, TrialRecord
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+_MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED"}
+
+
+def _mlflow():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    warnings.filterwarnings("ignore", message=".*noload.*")  # SQLAlchemy 2.1 deprecation inside MLflow
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+    return mlflow
+
+
+def resolve_store(tracking_uri: str | os.PathLike | None) -> tuple[str, Path | None]:
+    """(MLflow tracking URI, local store directory or None). A plain path is a store directory."""
+    if tracking_uri is None or "://" not in str(tracking_uri):
+        store = Path(tracking_uri if tracking_uri is not None else "mlruns").resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{store}/mlflow.db", store
+    uri = str(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        return uri, Path(uri[len("sqlite:///"):]).resolve().parent
+    return uri, None
+
+
+def runs_filter(study_name: str) -> str:
+    return f"tags.`autoopt.study` = '{study_name}' and tags.`autoopt.role` = 'trial'"
+
+
+class Tracker:
+    """A study listener that mirrors every trial into MLflow as it happens."""
+
+    def __init__(self, tracking_uri: str, store: Path | None, experiment: str):
+        mlflow = _mlflow()
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = (store / "artifacts" / experiment).as_uri() if store else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+        else:
+            self.experiment_id = found.experiment_id
+            if found.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+                self.client.set_experiment_tag(self.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        self._entities = mlflow.entities
+        self.parent_run_id: str | None = None
+        self.study_name: str | None = None
+        self._runs: dict[int, str] = {}
+
+    def start_study(self, study_name: str, params: dict) -> str:
+        """The study's parent run: created once, reopened when the study is resumed."""
+        self.study_name = study_name
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.`autoopt.study` = '{study_name}' and tags.`autoopt.role` = 'study'",
+            max_results=1,
+        )
+        if found:
+            self.parent_run_id = found[0].info.run_id
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            return self.parent_run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=study_name,
+            tags={"autoopt.study": study_name, "autoopt.role": "study"},
+        )
+        self.parent_run_id = run.info.run_id
+        self._log(self.parent_run_id, params=params)
+        return self.parent_run_id
+
+    def trial_started(self, record: TrialRecord) -> None:
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{record.number}",
+            tags={
+                "mlflow.parentRunId": self.parent_run_id, "autoopt.study": self.study_name,
+                "autoopt.role": "trial", "autoopt.trial": str(record.number), "autoopt.state": "RUNNING",
+                "autoopt.reference": str(record.reference).lower(),
+            },
+        )
+        self._runs[record.number] = run.info.run_id
+        self._log(run.info.run_id, params=record.config)
+
+    def trial_finished(self, record: TrialRecord) -> None:
+        run_id = self._runs.pop(record.number)
+        tags = {"autoopt.state": record.state, "autoopt.feasible": str(record.feasible).lower()}
+        if record.reason:
+            tags["autoopt.reason"] = record.reason[:5000]
+        if record.reused_from is not None:
+            tags["autoopt.reused_from"] = str(record.reused_from)
+        metrics = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float))}
+        metrics.update({f"constraint_{k}": v for k, v in record.constraints.items()})
+        self._log(run_id, metrics=metrics, tags=tags)
+        if record.log_path and os.path.exists(record.log_path):
+            self.client.log_artifact(run_id, record.log_path)
+        self.client.set_terminated(run_id, status=_MLFLOW_STATUS[record.state])
+
+    def finish_study(self, best: TrialRecord | None, front: list[TrialRecord], workdir: Path) -> None:
+        tags = {"autoopt.best_trial": str(best.number) if best else "none"}
+        metrics = {f"best_{k}": v for k, v in (best.metrics if best else {}).items() if isinstance(v, (int, float))}
+        self._log(self.parent_run_id, metrics=metrics, tags=tags)
+        if front:
+            table, plot = write_pareto(front, workdir)
+            self.client.log_artifact(self.parent_run_id, str(table))
+            self.client.log_artifact(self.parent_run_id, str(plot))
+        self.client.set_terminated(self.parent_run_id, status="FINISHED")
+
+    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None):
+        e, now = self._entities, int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            params=[e.Param(k, str(v)) for k, v in (params or {}).items()],
+            metrics=[e.Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            tags=[e.RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+
+def write_pareto(front: list[TrialRecord], workdir: Path) -> tuple[Path, Path]:
+    """pareto_front.csv and pareto_front.png (throughput vs accuracy drop) in `workdir`."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for t in front for k in t.config})
+    table = workdir / "pareto_front.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", *keys, "throughput", "accuracy_drop", "latency_ms_p95", "peak_memory_mb", "feasible"])
+        for t in front:
+            m = t.metrics
+            writer.writerow([t.number, *(t.config.get(k) for k in keys), f"{m['throughput']:.2f}",
+                             f"{m['accuracy_drop']:.5f}", f"{m['latency_ms_p95']:.3f}", f"{m['peak_memory_mb']:.1f}", t.feasible])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [t.metrics["accuracy_drop"] for t in front]
+    ys = [t.metrics["throughput"] for t in front]
+    ax.step(xs, ys, where="post", color="tab:blue", alpha=0.5)
+    for t, x, y in zip(front, xs, ys):
+        ax.scatter([x], [y], color="tab:green" if t.feasible else "tab:gray", zorder=3)
+        ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("accuracy drop (lower is better)")
+    ax.set_ylabel("throughput, samples/s (higher is better)")
+    ax.set_title("Pareto front (green: meets all targets)")
+    fig.tight_layout()
+    plot = workdir / "pareto_front.png"
+    fig.savefig(plot, dpi=100)
+    plt.close(fig)
+    return table, plot
+
+
+def ui_command(tracking_uri: str, host: str, port: int) -> tuple[list[str], dict]:
+    """The MLflow UI with settings that start fast on a small machine: one worker, no job runner."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    return cmd, env
+
+
+def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, **popen) -> subprocess.Popen:
+    cmd, env = ui_command(tracking_uri, host, port)
+    return subprocess.Popen(cmd, env=env, **popen)
+
+
+def runs_url(base: str, experiment_id: str, study_name: str) -> str:
+    """The runs table of the experiment, filtered to the study's trials (knob and metric columns)."""
+    query = urllib.parse.urlencode({"searchFilter": runs_filter(study_name)}, quote_via=urllib.parse.quote)
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def study_url(tracking_uri: str, base: str, study_name: str | None = None) -> str | None:
+    """runs_url of the named study, or of the latest one in the store; None when there is none."""
+    _mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    where = "tags.`autoopt.role` = 'study'"
+    if study_name:
+        where += f" and tags.`autoopt.study` = '{study_name}'"
+    found = client.search_runs(experiments, where, order_by=["attributes.start_time DESC"], max_results=1)
+    if not found:
+        return None
+    run = found[0]
+    return runs_url(base, run.info.experiment_id, run.data.tags["autoopt.study"])

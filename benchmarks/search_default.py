@@ -1,0 +1,92 @@
+"""The acceptance run of the default search: wall time, per-trial cost split, and the result.
+
+    python benchmarks/search_default.py [--trials 12] [--target-latency 100ms]
+
+Runs `autoopt.search` on the bundled default pipeline into a temporary MLflow store, prints a table
+(per trial: wall time, time inside the worker for prepare / measure / accuracy, and the orchestration
+overhead: process start, imports, pipeline load, MLflow logging), and writes the figures to
+benchmarks/results/search_default.json. Ratios (speedup) come from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import autoopt
+
+
+class Clock:
+    def __init__(self):
+        self.started: dict[int, float] = {}
+        self.wall: dict[int, float] = {}
+
+    def trial_started(self, record):
+        self.started[record.number] = time.perf_counter()
+
+    def trial_finished(self, record):
+        self.wall[record.number] = time.perf_counter() - self.started[record.number]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--target-latency", default="100ms")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    clock = Clock()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as store:
+        result = autoopt.search(target_latency=args.target_latency, trials=args.trials, seed=args.seed,
+                                tracking_uri=store, listeners=[clock])
+    total_s = time.perf_counter() - started
+
+    rows = []
+    for t in result.trials:
+        m = t.metrics
+        inside = sum(m.get(k, 0.0) for k in ("prepare_s", "measure_s", "accuracy_s"))
+        measured = t.state == "COMPLETE" and t.reused_from is None
+        rows.append({
+            "trial": t.number, "state": t.state, "config": t.config, "wall_s": clock.wall.get(t.number),
+            "prepare_s": m.get("prepare_s"), "measure_s": m.get("measure_s"), "accuracy_s": m.get("accuracy_s"),
+            "overhead_s": clock.wall[t.number] - inside if measured else None,
+            "throughput": m.get("throughput"), "latency_ms_p95": m.get("latency_ms_p95"),
+            "speedup": result.speedup(t) if t.state == "COMPLETE" else None,
+        })
+
+    def fmt(v, spec=".2f"):
+        return "-" if v is None else format(v, spec)
+
+    print(f"{'trial':>5} {'state':<9} {'configuration':<48} {'wall s':>7} {'prep s':>7} {'meas s':>7} "
+          f"{'acc s':>6} {'ovh s':>6} {'samples/s':>10} {'speedup':>8}")
+    for r in rows:
+        cfg = " ".join(f"{k}={v}" for k, v in r["config"].items())
+        print(f"{r['trial']:>5} {r['state']:<9} {cfg:<48} {fmt(r['wall_s']):>7} {fmt(r['prepare_s']):>7} "
+              f"{fmt(r['measure_s']):>7} {fmt(r['accuracy_s']):>6} {fmt(r['overhead_s']):>6} "
+              f"{fmt(r['throughput'], ',.0f'):>10} {fmt(r['speedup']):>8}")
+    overheads = [r["overhead_s"] for r in rows if r["overhead_s"] is not None]
+    best = result.best
+    summary = {
+        "trials": len(result.trials), "total_wall_s": total_s,
+        "mean_overhead_s_per_measured_trial": sum(overheads) / len(overheads) if overheads else None,
+        "best_trial": best.number if best else None, "best_config": best.config if best else None,
+        "best_speedup": result.speedup(best) if best else None,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    print(f"\ntotal {total_s:.1f} s for {len(result.trials)} trials; mean orchestration overhead "
+          f"{fmt(summary['mean_overhead_s_per_measured_trial'])} s per measured trial; best trial "
+          f"{summary['best_trial']} at {fmt(summary['best_speedup'])}x the reference throughput")
+    out = Path(__file__).parent / "results" / "search_default.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "trials": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+TINY_MLP = str(TESTS / "pipelines" / "tiny_mlp.py")
+TINY_DICT = str(TESTS / "pipelines" / "tiny_dict.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none is visible")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Pipelines cache weights here; tests never touch the user's cache.
+    monkeypatch.setenv("AUTOOPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture
+def write_file(tmp_path):
+    def write(name: str, text: str) -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+FAST = {"min_time": "0.05s", "trial_timeout": "120s"}

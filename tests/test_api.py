@@ -1,0 +1,104 @@
+"""End to end: a few trials on tiny pipelines into a temporary MLflow store."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import autoopt
+from conftest import FAST, TINY_DICT, TINY_MLP
+
+TRIAL_METRICS = {"latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "throughput", "peak_memory_mb",
+                 "model_size_mb", "accuracy", "accuracy_drop"}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    store = tmp_path_factory.mktemp("mlruns")
+    result = autoopt.search(TINY_MLP, target_latency="1s", target_memory="2GB", trials=4, seed=0,
+                            study="e2e", tracking_uri=str(store), **FAST)
+    return result, store
+
+
+def test_reference_is_trial_zero_and_a_best_is_found(searched):
+    result, _ = searched
+    assert len(result.trials) == 4
+    ref = result.trials[0]
+    assert ref.reference and ref.state == "COMPLETE"
+    assert ref.config == {"precision": "fp32", "batch_size": 1, "compile_mode": "eager"}
+    assert ref.metrics["accuracy_drop"] == 0.0
+    assert result.best is not None and result.best.feasible
+    assert result.best.metrics["throughput"] == max(t.metrics["throughput"] for t in result.top(5))
+    assert result.speedup(ref) == 1.0
+    assert set(result.study.trials[1].params) == set(ref.config)
+
+
+def test_every_trial_is_a_child_run_with_params_metrics_and_tags(searched):
+    result, store = searched
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny_mlp")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("autoopt.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("autoopt.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {"target_latency_ms", "max_accuracy_drop", "torch_version", "optuna_version", "onnxruntime_version",
+            "device", "space", "pipeline"} <= set(parent.data.params)
+    assert "best_throughput" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto_front.csv", "pareto_front.png"} <= artifacts
+    for run in children:
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["autoopt.study"] == "e2e"
+        number = int(tags["autoopt.trial"])
+        trial = result.trials[number]
+        assert run.data.params == {k: str(v) for k, v in trial.config.items()}
+        assert tags["autoopt.state"] == trial.state
+        if trial.state == "COMPLETE":
+            assert TRIAL_METRICS <= set(run.data.metrics)
+            assert tags["autoopt.feasible"] == str(trial.feasible).lower()
+            assert run.info.status == "FINISHED"
+        else:
+            assert tags["autoopt.reason"]
+
+
+def test_same_study_name_resumes_and_counts_earlier_trials(searched):
+    result, store = searched
+    again = autoopt.search(TINY_MLP, target_latency="1s", trials=5, seed=0, study="e2e",
+                           tracking_uri=str(store), **FAST)
+    assert len(again.trials) == 5
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tiny_mlp").experiment_id])
+    assert sum(r.data.tags.get("autoopt.role") == "study" for r in runs) == 1
+    assert sum(r.data.tags.get("autoopt.role") == "trial" for r in runs) == 5
+
+
+def test_fidelity_pipeline_and_an_in_memory_pipeline(tmp_path, write_file):
+    pipe = autoopt.load_pipeline(TINY_DICT)
+    in_memory = autoopt.Pipeline("in_memory", pipe.build_model, pipe.make_inputs)  # no source file
+    space = write_file("space.yaml", "batch_size: [1, 4]\ncompile_mode: [eager, onnxruntime]\n")
+    result = autoopt.search(in_memory, space=space, trials=2, seed=1, tracking_uri=str(tmp_path), **FAST)
+    assert [t.state for t in result.trials] == ["COMPLETE", "COMPLETE"]
+    assert result.reference_accuracy == 1.0
+    assert result.trials[0].metrics["accuracy"] == pytest.approx(1.0)
+
+
+def test_unreachable_target_gives_no_best_and_a_closest_trial(tmp_path):
+    result = autoopt.search(TINY_MLP, target_latency="1us", trials=2, seed=0, tracking_uri=str(tmp_path), **FAST)
+    assert result.best is None
+    closest = result.closest
+    assert closest is not None
+    (message,) = result.violations(closest)
+    assert message.startswith("latency p95 ") and "is over the 0.001 ms target by" in message
+
+
+def test_bad_arguments_are_config_errors(tmp_path):
+    with pytest.raises(autoopt.ConfigError, match="target_latency has unknown unit 'parsecs'"):
+        autoopt.search(TINY_MLP, target_latency="100 parsecs", tracking_uri=str(tmp_path))
+    with pytest.raises(autoopt.ConfigError, match="trials must be a whole number of at least 1. Got 0."):
+        autoopt.search(TINY_MLP, trials=0, tracking_uri=str(tmp_path))
+    with pytest.raises(autoopt.ConfigError, match="study must be a name of letters"):
+        autoopt.search(TINY_MLP, study="it's mine", tracking_uri=str(tmp_path))
+    with pytest.raises(autoopt.ConfigError, match=r"device must be one of \[auto, cpu, cuda\]. Got 'tpu'."):
+        autoopt.search(TINY_MLP, device="tpu", tracking_uri=str(tmp_path))

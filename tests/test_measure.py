@@ -1,0 +1,61 @@
+import time
+
+import pytest
+
+from autoopt.measure import PeakMemory, percentile, time_calls
+
+
+def test_percentile_interpolates():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 95) == 5
+    assert percentile(list(range(101)), 99) == 99
+
+
+def test_time_calls_on_a_known_duration():
+    latency = time_calls(lambda: time.sleep(0.002), min_time_s=0.1, min_calls=20)
+    assert latency.calls >= 20 and latency.warmup_calls >= 5
+    assert 1.9 <= latency.p50_ms < 10
+    assert latency.p50_ms <= latency.p95_ms <= latency.p99_ms
+    assert latency.cv >= 0
+
+
+def test_time_calls_honours_min_time():
+    started = time.perf_counter()
+    time_calls(lambda: None, min_time_s=0.2, min_calls=1)
+    assert time.perf_counter() - started >= 0.2
+
+
+def test_sync_is_called_for_every_timed_call():
+    calls = []
+    time_calls(lambda: None, min_time_s=0.0, min_calls=20, sync=lambda: calls.append(1))
+    assert len(calls) >= 25  # 5 warm-up at least, then 20 timed
+
+
+def test_peak_memory_sees_a_transient_allocation():
+    with PeakMemory("cpu") as peak:
+        block = bytearray(80 * 1024 * 1024)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+        del block
+    assert 75 <= peak.mb <= 120
+
+
+def test_peak_memory_sampler_fallback(monkeypatch):
+    import autoopt.measure as measure
+
+    monkeypatch.setattr(measure, "_reset_hwm", lambda: False)
+    with PeakMemory("cpu", sample_interval_s=0.001) as peak:
+        block = bytearray(60 * 1024 * 1024)
+        block[::4096] = b"x" * len(block[::4096])
+        time.sleep(0.05)
+        del block
+    assert peak.mb >= 50
+
+
+@pytest.mark.gpu
+def test_peak_memory_on_cuda():
+    import torch
+
+    with PeakMemory("cuda") as peak:
+        x = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+        del x
+    assert peak.mb >= 60

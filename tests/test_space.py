@@ -1,0 +1,88 @@
+import pytest
+
+from autoopt.errors import ConfigError
+from autoopt.space import load_space
+
+
+def test_default_space_drops_fp16_on_cpu_with_a_note():
+    space = load_space(None, "cpu")
+    assert space.domains["precision"].choices == ("fp32", "bf16")
+    assert space.domains["compile_mode"].choices == ("eager", "onnxruntime")
+    assert any("precision=fp16 dropped" in n and "CUDA" in n for n in space.notes)
+    assert space.reference_config() == {"precision": "fp32", "batch_size": 1, "compile_mode": "eager"}
+
+
+def test_bundled_space_by_name():
+    assert load_space("default", "cpu").domains["batch_size"].choices == (1, 8, 32, 64, 128)
+
+
+def test_missing_knobs_stay_at_baseline(write_file):
+    space = load_space(write_file("s.yaml", "batch_size: [1, 4]\n"), "cpu")
+    assert space.domains["precision"].choices == ("fp32",)
+    assert space.domains["compile_mode"].choices == ("eager",)
+
+
+def test_numeric_domain(write_file):
+    space = load_space(write_file("s.yaml", "batch_size: {low: 1, high: 256, log: true}\n"), "cpu")
+    d = space.domains["batch_size"]
+    assert (d.low, d.high, d.log) == (1, 256, True)
+
+
+def test_baseline_is_added_to_a_list_that_lacks_it(write_file):
+    space = load_space(write_file("s.yaml", "batch_size: [16, 32]\n"), "cpu")
+    assert space.domains["batch_size"].choices == (1, 16, 32)
+    assert any("batch_size=1 added" in n for n in space.notes)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("precision: [fp32, int3]\n",
+     "The 'precision' entry of {f} must contain only values one of [fp32, bf16, fp16]. Got 'int3'."),
+    ("quantisation: [none]\n",
+     "The 'quantisation' entry of {f} is not a knob. Expected one of [precision, batch_size, compile_mode]."),
+    ("batch_size: []\n",
+     "The 'batch_size' entry of {f} must list at least one value, an integer in [1, 65536]. Got []."),
+    ("batch_size: [1, 0]\n",
+     "The 'batch_size' entry of {f} must contain only values an integer in [1, 65536]. Got 0."),
+    ("batch_size: [1, 2.5]\n",
+     "The 'batch_size' entry of {f} must contain only values an integer in [1, 65536]. Got 2.5."),
+    ("batch_size: [1, 1]\n", "The 'batch_size' entry of {f} lists a value twice. Got [1, 1]."),
+    ("precision: {low: 1, high: 2}\n",
+     "The 'precision' entry of {f} must be a list of values, one of [fp32, bf16, fp16]. Got a mapping {{'low': 1, 'high': 2}}."),
+    ("batch_size: {low: 8, high: 4}\n", "The 'batch_size' entry of {f} must have low <= high. Got low=8, high=4."),
+    ("batch_size: {low: 1, high: 64, step: 2, log: true}\n",
+     "The 'batch_size' entry of {f} cannot have both 'step' and 'log'. Got {{'low': 1, 'high': 64, 'step': 2, 'log': True}}."),
+    ("batch_size: {low: 1}\n",
+     "The 'batch_size' entry of {f} must be a mapping with 'low' and 'high' and optionally 'step' or 'log'. Got {{'low': 1}}."),
+    ("batch_size: {low: 2, high: 64}\n",
+     "The 'batch_size' entry of {f} must include the reference value 1. Got 2..64; widen the range or use a list."),
+    ("batch_size: 8\n",
+     "The 'batch_size' entry of {f} must be a list (categorical) or a mapping {{low, high, step|log}} (numeric), an integer in [1, 65536]. Got 8."),
+    ("- batch_size\n", "{f} must map knob names to domains. Got a list."),
+    ("precision: [fp16]\n",
+     "The 'precision' entry of {f} has no value that runs on this cpu machine. Got ['fp16']; see the warnings above."),
+])
+def test_validation_messages(write_file, text, message):
+    path = write_file("space.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_space(path, "cpu")
+    assert str(info.value) == message.format(f=path)
+
+
+def test_invalid_yaml_names_the_line(write_file):
+    path = write_file("bad.yaml", "batch_size: [1, 2\nprecision: [fp32]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML \(line \d+\)"):
+        load_space(path, "cpu")
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match=r"Search space file nope.yaml not found. Expected a YAML file path or one of \['default'"):
+        load_space("nope.yaml", "cpu")
+
+
+def test_suggest_returns_a_plain_dict_of_every_knob():
+    import optuna
+
+    space = load_space(None, "cpu")
+    study = optuna.create_study()
+    config = space.suggest(study.ask())
+    assert set(config) == {"precision", "batch_size", "compile_mode"}

@@ -1,0 +1,68 @@
+"""MLflow store resolution, and `autoopt ui` serving the runs of a real study over REST."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+import autoopt
+from autoopt.tracking import resolve_store
+from conftest import FAST, TINY_MLP
+
+
+def test_store_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri, store = resolve_store(None)
+    assert uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db" and store == tmp_path / "mlruns"
+    assert resolve_store(str(tmp_path / "elsewhere"))[0] == f"sqlite:///{tmp_path}/elsewhere/mlflow.db"
+    assert resolve_store("http://127.0.0.1:5000") == ("http://127.0.0.1:5000", None)
+    uri, store = resolve_store(f"sqlite:///{tmp_path}/db/mlflow.db")
+    assert store == tmp_path / "db"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_serves_the_study_runs_over_rest(tmp_path):
+    result = autoopt.search(TINY_MLP, trials=2, seed=0, study="ui-study", tracking_uri=str(tmp_path), **FAST)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoopt", "ui", "--tracking-uri", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        url, lines, deadline = None, [], time.monotonic() + 150
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("MLflow UI: http"):
+                url = line.split("MLflow UI: ", 1)[1].strip()
+        assert url, "".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        assert url.startswith(f"{base}/#/experiments/{result.experiment_id}/runs?searchFilter=")
+        assert "ui-study" in urllib.parse.unquote(url)
+        body = json.dumps({"experiment_ids": [result.experiment_id], "max_results": 100}).encode()
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            runs = json.load(response)["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        trials = [t for t in tags if t.get("autoopt.role") == "trial"]
+        assert len(trials) == 2 and sum(t.get("autoopt.role") == "study" for t in tags) == 1
+        metrics = {m["key"] for r in runs for m in r["data"].get("metrics", [])}
+        assert {"latency_ms_p95", "throughput", "accuracy_drop"} <= metrics
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
