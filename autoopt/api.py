@@ -35,6 +35,7 @@ class SearchResult:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    interrupted: bool = False  # Ctrl-C stopped the search; `trials` holds what finished
 
     @property
     def reference(self) -> TrialRecord | None:
@@ -146,13 +147,17 @@ def search(
             result["log_path"] = str(work / "worker.log")
             return result
 
-        run(optuna_study, search_space, evaluate, targets, trials, timeout_s, device, [tracker, *listeners])
+        interrupted = False
+        try:
+            run(optuna_study, search_space, evaluate, targets, trials, timeout_s, device, [tracker, *listeners])
+        except KeyboardInterrupt:
+            interrupted = True  # the running trial is already stopped and marked; report what finished
         result = SearchResult(
             study=optuna_study, study_name=study_name, pipeline=pipe.name, targets=targets,
             trials=records(optuna_study), reference_accuracy=ref_accuracy, tracking_uri=uri,
-            experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id,
+            experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, interrupted=interrupted,
         )
-        tracker.finish_study(result.best, pareto_front(result.trials), Path(tmp))
+        tracker.finish_study(result.best, pareto_front(result.trials), Path(tmp), interrupted)
     return result
 
 

@@ -36,12 +36,16 @@ def _describe(config: dict) -> str:
 class Progress:
     """Prints one line per finished trial; shows the running trial on a terminal."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, total: int):
         self.console = console
+        self.total = total
         self.status = None
+        self.started = 0.0
 
     def trial_started(self, record) -> None:
-        text = f"trial {record.number}{' (reference)' if record.reference else ''}: {_describe(record.config)}"
+        self.started = time.monotonic()
+        text = (f"trial {record.number + 1}/{self.total}{' (reference)' if record.reference else ''}: "
+                f"{escape(_describe(record.config))}")
         if self.console.is_terminal:
             self.status = self.console.status(text)
             self.status.start()
@@ -51,6 +55,7 @@ class Progress:
             self.status.stop()
             self.status = None
         head = f"#{record.number:<3} {_describe(record.config)}"
+        took = f"  [dim]{time.monotonic() - self.started:.1f} s[/]"
         if record.state == "COMPLETE":
             m = record.metrics
             mark = "[green]feasible[/]" if record.feasible else "[yellow]infeasible[/]"
@@ -58,10 +63,11 @@ class Progress:
             self.console.print(
                 f"{escape(head)}  p95 {m['latency_ms_p95']:.2f} ms  {m['throughput']:,.0f}/s  "
                 f"mem {m['peak_memory_mb']:.1f} MB  acc {m['accuracy']:.4f} (drop {m['accuracy_drop']:+.4f})  "
-                f"{mark}{reused}", highlight=False)
+                f"{mark}{reused}{took}", highlight=False)
         else:
             color = "yellow" if record.state == "PRUNED" else "red"
-            self.console.print(f"{escape(head)}  [{color}]{record.state}[/]: {escape(str(record.reason))}", highlight=False)
+            self.console.print(f"{escape(head)}  [{color}]{record.state}[/]: {escape(str(record.reason))}{took}",
+                               highlight=False)
 
 
 def _summary(result) -> Table:
@@ -115,14 +121,18 @@ def search(
             seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
             threads=threads, trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
             min_time=parse_duration_s(min_time, "--min-time"),
-            listeners=[Progress(out)],
+            listeners=[Progress(out, trials)],
         )
     except AutoOptError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the study started: nothing to report
         err.print("interrupted")
         raise typer.Exit(130)
     out.print(_summary(result))
+    if result.interrupted:
+        err.print(f"Interrupted: the study holds {len(result.trials)} trials; "
+                  f"run again with --study {result.study_name} to continue.", highlight=False)
+        raise typer.Exit(130)
     out.print(f"MLflow: {result.tracking_uri}  (browse with `autoopt ui`)", highlight=False)
     best = result.best
     if best is None:

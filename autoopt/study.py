@@ -14,6 +14,7 @@ from typing import Callable
 from . import knobs
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
+INTERRUPTED = "interrupted by the user"  # the reason of a trial stopped by Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,14 @@ def run(
             record.reused_from = previous.number
             trial.set_user_attr("reused_from", previous.number)
         else:
-            result = evaluate(config, trial.number)
+            try:
+                result = evaluate(config, trial.number)
+            except KeyboardInterrupt:
+                record.state, record.reason = FAILED, INTERRUPTED
+                trial.set_user_attr("reason", INTERRUPTED)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                _notify(listeners, "trial_finished", record)
+                raise
         record.log_path = result.pop("log_path", None)
         record.metrics, record.reason = result["metrics"], result["reason"]
         if record.reason:

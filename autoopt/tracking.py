@@ -15,7 +15,7 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-from .study import COMPLETE, FAILED, PRUNED, TrialRecord
+from .study import COMPLETE, FAILED, INTERRUPTED, PRUNED, TrialRecord
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 _MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED"}
@@ -112,9 +112,11 @@ class Tracker:
         self._log(run_id, metrics=metrics, tags=tags)
         if record.log_path and os.path.exists(record.log_path):
             self.client.log_artifact(run_id, record.log_path)
-        self.client.set_terminated(run_id, status=_MLFLOW_STATUS[record.state])
+        status = "KILLED" if record.reason == INTERRUPTED else _MLFLOW_STATUS[record.state]
+        self.client.set_terminated(run_id, status=status)
 
-    def finish_study(self, best: TrialRecord | None, front: list[TrialRecord], workdir: Path) -> None:
+    def finish_study(self, best: TrialRecord | None, front: list[TrialRecord], workdir: Path,
+                     interrupted: bool = False) -> None:
         tags = {"autoopt.best_trial": str(best.number) if best else "none"}
         metrics = {f"best_{k}": v for k, v in (best.metrics if best else {}).items() if isinstance(v, (int, float))}
         self._log(self.parent_run_id, metrics=metrics, tags=tags)
@@ -122,7 +124,7 @@ class Tracker:
             table, plot = write_pareto(front, workdir)
             self.client.log_artifact(self.parent_run_id, str(table))
             self.client.log_artifact(self.parent_run_id, str(plot))
-        self.client.set_terminated(self.parent_run_id, status="FINISHED")
+        self.client.set_terminated(self.parent_run_id, status="KILLED" if interrupted else "FINISHED")
 
     def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None):
         e, now = self._entities, int(time.time() * 1000)

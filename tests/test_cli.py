@@ -65,3 +65,53 @@ def test_no_feasible_trial_exits_3_with_the_closest(tmp_path):
 def test_python_dash_m_works():
     done = subprocess.run([sys.executable, "-m", "autoopt", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "search" in done.stdout and "ui" in done.stdout
+
+
+HANGS = """
+import os, time, torch, autoopt
+
+class Hangs(torch.nn.Module):
+    def forward(self, x):
+        if x.shape[0] == 1:  # the reference trial, in the worker; the pipeline check uses batch 2
+            open({marker!r}, "w").close()
+            time.sleep(600)
+        return x
+
+PIPELINE = autoopt.Pipeline("hangs", Hangs, lambda b: (torch.randn(b, 3),))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_trial_marks_it_and_exits_130(tmp_path, write_file):
+    import signal
+    import time
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    marker = tmp_path / "in-forward"
+    path = write_file("hangs.py", HANGS.format(marker=str(marker)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoopt", "search", path, "--study", "stop", "--trials", "3",
+         "--tracking-uri", str(tmp_path / "store"), *FAST],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate()[0]
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "Interrupted: the study holds" in output
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "store" / "optuna.journal"
+    study = optuna.load_study(study_name="stop", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert study.trials[0].user_attrs["reason"] == "interrupted by the user"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store'}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("hangs").experiment_id])
+    statuses = {r.data.tags["autoopt.role"]: r.info.status for r in runs}
+    assert statuses == {"trial": "KILLED", "study": "KILLED"}
