@@ -157,7 +157,8 @@ def search(
             trials=records(optuna_study), reference_accuracy=ref_accuracy, tracking_uri=uri,
             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, interrupted=interrupted,
         )
-        tracker.finish_study(result.best, pareto_front(result.trials), Path(tmp), interrupted)
+        tracker.finish_study(result.best, result.trials, pareto_front(result.trials), targets.max_accuracy_drop,
+                             Path(tmp), interrupted)
     return result
 
 

@@ -115,13 +115,13 @@ class Tracker:
         status = "KILLED" if record.reason == INTERRUPTED else _MLFLOW_STATUS[record.state]
         self.client.set_terminated(run_id, status=status)
 
-    def finish_study(self, best: TrialRecord | None, front: list[TrialRecord], workdir: Path,
-                     interrupted: bool = False) -> None:
+    def finish_study(self, best: TrialRecord | None, trials: list[TrialRecord], front: list[TrialRecord],
+                     max_drop: float, workdir: Path, interrupted: bool = False) -> None:
         tags = {"autoopt.best_trial": str(best.number) if best else "none"}
         metrics = {f"best_{k}": v for k, v in (best.metrics if best else {}).items() if isinstance(v, (int, float))}
         self._log(self.parent_run_id, metrics=metrics, tags=tags)
         if front:
-            table, plot = write_pareto(front, workdir)
+            table, plot = write_pareto(trials, front, max_drop, workdir)
             self.client.log_artifact(self.parent_run_id, str(table))
             self.client.log_artifact(self.parent_run_id, str(plot))
         self.client.set_terminated(self.parent_run_id, status="KILLED" if interrupted else "FINISHED")
@@ -136,8 +136,9 @@ class Tracker:
         )
 
 
-def write_pareto(front: list[TrialRecord], workdir: Path) -> tuple[Path, Path]:
-    """pareto_front.csv and pareto_front.png (throughput vs accuracy drop) in `workdir`."""
+def write_pareto(trials: list[TrialRecord], front: list[TrialRecord], max_drop: float,
+                 workdir: Path) -> tuple[Path, Path]:
+    """pareto_front.csv (the front) and pareto_front.png (every complete trial, the front marked)."""
     import csv
 
     import matplotlib
@@ -155,16 +156,23 @@ def write_pareto(front: list[TrialRecord], workdir: Path) -> tuple[Path, Path]:
             m = t.metrics
             writer.writerow([t.number, *(t.config.get(k) for k in keys), f"{m['throughput']:.2f}",
                              f"{m['accuracy_drop']:.5f}", f"{m['latency_ms_p95']:.3f}", f"{m['peak_memory_mb']:.1f}", t.feasible])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = [t for t in trials if t.state == COMPLETE and t.reused_from is None]
+    for feasible, color, label in ((True, "tab:green", "meets all targets"), (False, "tab:orange", "misses a target")):
+        group = [t for t in done if t.feasible == feasible]
+        ax.scatter([t.metrics["accuracy_drop"] for t in group], [t.metrics["throughput"] for t in group],
+                   color=color, alpha=0.6, label=label, zorder=2)
     xs = [t.metrics["accuracy_drop"] for t in front]
     ys = [t.metrics["throughput"] for t in front]
-    ax.step(xs, ys, where="post", color="tab:blue", alpha=0.5)
+    ax.step(xs, ys, where="post", color="tab:blue", label="Pareto front", zorder=1)
+    ax.scatter(xs, ys, facecolors="none", edgecolors="tab:blue", s=120, zorder=3)
     for t, x, y in zip(front, xs, ys):
-        ax.scatter([x], [y], color="tab:green" if t.feasible else "tab:gray", zorder=3)
-        ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("accuracy drop (lower is better)")
+        ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.axvline(max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"allowed drop {max_drop:g}")
+    ax.set_xlabel("accuracy drop vs the reference (lower is better)")
     ax.set_ylabel("throughput, samples/s (higher is better)")
-    ax.set_title("Pareto front (green: meets all targets)")
+    ax.set_title("Trials and the Pareto front")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     plot = workdir / "pareto_front.png"
     fig.savefig(plot, dpi=100)
