@@ -112,7 +112,7 @@ def run(
     if not study.trials:
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
     started = time.monotonic()
-    while sum(t.state.is_finished() for t in study.trials) < n_trials:
+    while sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) < n_trials:
         if timeout_s is not None and time.monotonic() - started >= timeout_s:
             break
         trial = study.ask()
@@ -158,7 +158,7 @@ def run(
 
 
 def _same_config(study, config: dict):
-    for t in study.trials:
+    for t in study.get_trials(deepcopy=False):
         if t.state.name == "COMPLETE" and t.params == config and "metrics" in t.user_attrs:
             return t
     return None
