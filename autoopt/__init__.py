@@ -18,6 +18,10 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    if name == "knobs":
+        import importlib
+
+        return importlib.import_module(".knobs", __name__)
     raise AttributeError(f"module 'autoopt' has no attribute {name!r}")
 
 

@@ -16,7 +16,9 @@ from .accuracy import reference_accuracy
 from .errors import ConfigError
 from .pipeline import Pipeline, check_pipeline, load_pipeline
 from .space import load_space
-from .study import COMPLETE, Targets, TrialRecord, closest_infeasible, open_study, pareto_front, ranked_feasible, records, run
+from .knobs.threads import available_cores
+from .study import (COMPLETE, Targets, TrialRecord, closest_infeasible, known_accuracy, open_study, pareto_front,
+                    ranked_feasible, records, run)
 from .tracking import Tracker, resolve_store, runs_url
 from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
 from .worker import run_isolated
@@ -81,7 +83,6 @@ def search(
     tracking_uri: str | os.PathLike | None = None,
     storage: str | None = None,
     device: str = "auto",
-    threads: int | None = None,
     trial_timeout: str | float = "10m",
     min_time: str | float = "1s",
     listeners: list | tuple = (),
@@ -97,7 +98,7 @@ def search(
     timeout: stop starting trials after this long, "30m" (a bare number is seconds).
     study / storage: the Optuna study name and storage (default: a journal file in the MLflow store).
     tracking_uri: MLflow tracking URI, or a directory for a local store (default: ./mlruns).
-    device: "auto", "cpu" or "cuda".  threads: intra-op threads (default: all available cores).
+    device: "auto", "cpu" or "cuda". Intra-op threads are the `threads` knob of the space.
     listeners: objects with optional trial_started(record) / trial_finished(record) methods.
     """
     targets = Targets(
@@ -113,7 +114,6 @@ def search(
     if study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
         raise ConfigError(f"study must be a name of letters, digits, '_', '.' and '-'. Got {study!r}.")
     device = resolve_device(device)
-    threads = _threads(threads)
 
     pipe = load_pipeline(pipeline)
     log.info("Checking pipeline %s (the first use may train or download its model)…", pipe.name)
@@ -129,19 +129,20 @@ def search(
     tracker = Tracker(uri, store, pipe.name)
     tracker.start_study(study_name, {
         "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory",
-        "space": search_space.source, "device": device, "threads": threads, "seed": seed,
+        "space": search_space.source, "device": device, "seed": seed,
         "target_latency_ms": targets.latency_ms, "target_memory_mb": targets.memory_mb,
         "max_accuracy_drop": targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
         **_versions(),
     })
     with tempfile.TemporaryDirectory(prefix="autoopt-") as tmp:
         request = {"pipeline": pipe.source, "pipeline_pickle": _pickle_if_needed(pipe, tmp),
-                   "device": device, "threads": threads, "min_time_s": min_time_s, "min_calls": 20}
+                   "device": device, "threads": available_cores(), "min_time_s": min_time_s, "min_calls": 20}
 
         def evaluate(config: dict, number: int) -> dict:
             work = Path(tmp) / f"trial-{number}"
             work.mkdir()
-            result = run_isolated({**request, "config": config}, str(work), trial_timeout_s)
+            known = known_accuracy(optuna_study, config)
+            result = run_isolated({**request, "config": config, "known_accuracy": known}, str(work), trial_timeout_s)
             if result["status"] == "complete":
                 result["metrics"]["accuracy_drop"] = ref_accuracy - result["metrics"]["accuracy"]
             result["log_path"] = str(work / "worker.log")
@@ -178,15 +179,6 @@ def _seconds(value, option: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return parse_duration_s(value, option)
-
-
-def _threads(threads: int | None) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if threads is None:
-        return cores
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"threads must be a whole number of at least 1. Got {threads!r}.")
-    return threads
 
 
 def _storage(storage: str | None, store: Path | None):

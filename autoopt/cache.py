@@ -1,13 +1,21 @@
-"""Where autoopt keeps things that are expensive to rebuild (pipeline weights, ...): outside the repo.
+"""Where autoopt keeps things that are expensive to rebuild: outside the repo, safe to delete.
 
-Everything under it is safe to delete. `AUTOOPT_CACHE_DIR` overrides the location, otherwise
-`$XDG_CACHE_HOME/autoopt` or `~/.cache/autoopt`.
+`AUTOOPT_CACHE_DIR` overrides the location, otherwise `$XDG_CACHE_HOME/autoopt` or
+`~/.cache/autoopt`. Built artifacts (exported and quantized ONNX files) are cached by a key of
+everything that determines them; the artifact cache is bounded (`AUTOOPT_CACHE_MAX_MB`, default
+2048): the least recently used entries go first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+DEFAULT_MAX_MB = 2048
 
 
 def cache_dir(kind: str) -> str:
@@ -18,3 +26,63 @@ def cache_dir(kind: str) -> str:
     path = os.path.join(root, kind)
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def model_fingerprint(model, example_inputs: tuple, **extra) -> str:
+    """A key for everything an artifact built from `model` depends on: its structure, every weight
+    byte, the input shapes past the batch axis, and `extra` (knob values, versions)."""
+    import torch
+
+    h = hashlib.sha256()
+    h.update(repr(model).encode())
+    for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):
+            h.update(f"{name}={tensor!r}".encode())
+            continue
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(repr([(tuple(t.shape[1:]), str(t.dtype)) for t in example_inputs]).encode())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+class ArtifactCache:
+    """Directories of files under cache_dir(kind)/<key>/, written atomically, evicted LRU by size."""
+
+    def __init__(self, kind: str, max_mb: float | None = None):
+        self.root = Path(cache_dir(kind))
+        self.max_mb = max_mb if max_mb is not None else float(os.environ.get("AUTOOPT_CACHE_MAX_MB", DEFAULT_MAX_MB))
+
+    def get(self, key: str) -> Path | None:
+        entry = self.root / key
+        if not entry.is_dir():
+            return None
+        os.utime(entry)  # recently used
+        return entry
+
+    def put(self, key: str, files: dict[str, str]) -> Path:
+        """Store `{name: source path}` under `key`; returns the entry directory."""
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
+        for name, source in files.items():
+            shutil.copyfile(source, tmp / name)
+        entry = self.root / key
+        try:
+            os.rename(tmp, entry)
+        except OSError:  # another worker stored the same key first: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._evict(keep=entry)
+        return entry
+
+    def _evict(self, keep: Path) -> None:
+        entries = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")]
+        sizes = {p: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for p in entries}
+        total = sum(sizes.values())
+        for entry in sorted(entries, key=lambda p: p.stat().st_mtime):
+            if total <= self.max_mb * 1e6:
+                break
+            if entry != keep:
+                shutil.rmtree(entry, ignore_errors=True)
+                total -= sizes[entry]
+
+    def size_mb(self) -> float:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file()) / 1e6

@@ -29,8 +29,16 @@ def _fail(exc: AutoOptError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+ALWAYS_SHOWN = ("batch_size", "compile_mode")
+
+
 def _describe(config: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in config.items())
+    """batch_size, compile_mode, and every knob that differs from its baseline (canonical form)."""
+    from .knobs import REGISTRY, canonical
+
+    shown = canonical(config)
+    return " ".join(f"{k}={v}" for k, v in shown.items()
+                    if k in ALWAYS_SHOWN or k not in REGISTRY or v != REGISTRY[k].baseline)
 
 
 class Progress:
@@ -72,16 +80,15 @@ class Progress:
 
 def _summary(result) -> Table:
     rows = ([result.reference] if result.reference else []) + [t for t in result.top(5) if not t.reference]
-    knob_names = list(rows[0].config) if rows else []
     table = Table(title=f"Study {result.study_name}: the reference and the top feasible trials")
-    for col in ("trial", *knob_names, "p50 ms", "p95 ms", "samples/s", "speedup", "peak MB", "size MB",
-                "accuracy", "drop"):
-        table.add_column(col, justify="left" if col in knob_names else "right")
+    for col in ("trial", "configuration (baseline knobs omitted)", "p50 ms", "p95 ms", "samples/s", "speedup",
+                "peak MB", "size MB", "accuracy", "drop"):
+        table.add_column(col, justify="left" if col.startswith("configuration") else "right")
     for t in rows:
         m = t.metrics
         speedup = result.speedup(t)
         table.add_row(
-            f"{t.number} (ref)" if t.reference else str(t.number), *(str(t.config[k]) for k in knob_names),
+            f"{t.number} (ref)" if t.reference else str(t.number), escape(_describe(t.config)),
             f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}",
             f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}", f"{m['model_size_mb']:.2f}",
             f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}",
@@ -103,7 +110,6 @@ def search(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads (default: all cores)."),
     trial_timeout: str = typer.Option("10m", help="Time limit of one trial: 10m, 600s."),
     min_time: str = typer.Option("1s", help="Timed calls of one trial last at least this long (more = steadier)."),
 ) -> None:
@@ -119,7 +125,7 @@ def search(
             space=space, trials=trials,
             timeout=None if timeout is None else parse_duration_s(timeout, "--timeout"),
             seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
-            threads=threads, trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
+            trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
             min_time=parse_duration_s(min_time, "--min-time"),
             listeners=[Progress(out, trials)],
         )

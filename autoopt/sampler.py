@@ -1,7 +1,7 @@
 """A sampler wrapper that keeps the search budget for configurations worth measuring.
 
 It draws a whole configuration from the wrapped sampler (TPE by default) and draws again when the
-configuration repeats a finished trial, or conflicts for a reason some earlier trial was already
+configuration repeats a finished trial (in canonical form: knobs that change nothing are ignored), or conflicts for a reason some earlier trial was already
 pruned for. So each kind of impossible combination costs at most one (cheap, pruned) trial and is
 never tried twice, while the Optuna search space itself stays fixed.
 """
@@ -17,8 +17,9 @@ MAX_DRAWS = 64
 
 class ValidConfigSampler(BaseSampler):
     def __init__(self, inner: BaseSampler, distributions: dict, conflict: Callable[[dict], str | None],
-                 seed: int | None = None):
+                 canonical: Callable[[dict], dict] = dict, seed: int | None = None):
         self.inner = inner
+        self.canonical = canonical
         # When the inner sampler has converged and only proposes what was measured, explore at random.
         self.fallback = RandomSampler(seed=seed)
         self.distributions = distributions
@@ -29,7 +30,7 @@ class ValidConfigSampler(BaseSampler):
 
     def sample_relative(self, study, trial, search_space):
         finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        seen = [t.params for t in finished]
+        seen = [self.canonical(t.params) for t in finished]
         pruned_for = {t.user_attrs.get("reason") for t in finished if t.state.name == "PRUNED"}
         params: dict = {}
         for sampler in (self.inner, self.fallback):
@@ -38,7 +39,7 @@ class ValidConfigSampler(BaseSampler):
                 for name, dist in search_space.items():
                     if name not in params:
                         params[name] = sampler.sample_independent(study, trial, name, dist)
-                if params not in seen and self.conflict(params) not in pruned_for - {None}:
+                if self.canonical(params) not in seen and self.conflict(params) not in pruned_for - {None}:
                     return params
         return params  # the space is exhausted: the study reuses or prunes it
 

@@ -155,6 +155,12 @@ def _domain(knob: knobs.Knob, value, where: str) -> Domain:
 
 def _drop_unavailable(knob: knobs.Knob, domain: Domain, device: str, where: str, notes: list[str]) -> Domain:
     if domain.choices is None:
+        high = domain.high
+        while knob.integer and high > domain.low and knob.unavailable(int(high), device):
+            high -= 1
+        if high != domain.high:
+            notes.append(f"{knob.name} range of {where} capped at {high:g}: {knob.unavailable(int(domain.high), device)}.")
+            return Domain(knob.name, low=domain.low, high=high, step=domain.step, log=domain.log)
         return domain
     kept = []
     for value in domain.choices:

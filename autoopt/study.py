@@ -86,7 +86,8 @@ def open_study(name: str, storage, seed: int | None, space, device: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = ValidConfigSampler(
-        optuna.samplers.TPESampler(seed=seed), space.distributions(), lambda c: knobs.conflict(c, device), seed=seed,
+        optuna.samplers.TPESampler(seed=seed), space.distributions(), lambda c: knobs.conflict(c, device),
+        knobs.canonical, seed=seed,
     )
     return optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True, sampler=sampler
@@ -158,9 +159,28 @@ def run(
 
 
 def _same_config(study, config: dict):
+    """An earlier complete trial that built and measured the same thing (same canonical config)."""
+    target = knobs.canonical(config)
     for t in study.get_trials(deepcopy=False):
-        if t.state.name == "COMPLETE" and t.params == config and "metrics" in t.user_attrs:
+        if t.state.name == "COMPLETE" and "metrics" in t.user_attrs and knobs.canonical(t.params) == target:
             return t
+    return None
+
+
+# Knobs that change speed but not numerics: the pipeline's evaluate batches by itself, and the
+# fidelity check uses fixed batches, so the accuracy of a candidate does not depend on them.
+NUMERICS_FREE = ("batch_size", "threads")
+
+
+def known_accuracy(study, config: dict) -> float | None:
+    """The accuracy an earlier trial measured for the same numerics, or None."""
+    def key(c: dict) -> dict:
+        return {k: v for k, v in knobs.canonical(c).items() if k not in NUMERICS_FREE}
+
+    target = key(config)
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "COMPLETE" and "metrics" in t.user_attrs and key(t.params) == target:
+            return t.user_attrs["metrics"]["accuracy"]
     return None
 
 

@@ -3,7 +3,7 @@
     python benchmarks/search_default.py [--trials 12] [--target-latency 100ms]
 
 Runs `autoopt.search` on the bundled default pipeline into a temporary MLflow store, prints a table
-(per trial: wall time, time inside the worker for prepare / measure / accuracy, and the orchestration
+(per trial: wall time, time inside the worker for build / measure / accuracy, and the orchestration
 overhead: process start, imports, pipeline load, MLflow logging), and writes the figures to
 benchmarks/results/search_default.json. Ratios (speedup) come from this one run.
 """
@@ -50,11 +50,11 @@ def main() -> None:
     rows = []
     for t in result.trials:
         m = t.metrics
-        inside = sum(m.get(k, 0.0) for k in ("prepare_s", "measure_s", "accuracy_s"))
+        inside = sum(m.get(k, 0.0) for k in ("build_s", "measure_s", "accuracy_s"))
         measured = t.state == "COMPLETE" and t.reused_from is None
         rows.append({
             "trial": t.number, "state": t.state, "config": t.config, "wall_s": clock.wall.get(t.number),
-            "prepare_s": m.get("prepare_s"), "measure_s": m.get("measure_s"), "accuracy_s": m.get("accuracy_s"),
+            "build_s": m.get("build_s"), "measure_s": m.get("measure_s"), "accuracy_s": m.get("accuracy_s"),
             "overhead_s": clock.wall[t.number] - inside if measured else None,
             "throughput": m.get("throughput"), "latency_ms_p95": m.get("latency_ms_p95"),
             "speedup": result.speedup(t) if t.state == "COMPLETE" else None,
@@ -63,11 +63,11 @@ def main() -> None:
     def fmt(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
 
-    print(f"{'trial':>5} {'state':<9} {'configuration':<48} {'wall s':>7} {'prep s':>7} {'meas s':>7} "
+    print(f"{'trial':>5} {'state':<9} {'configuration':<48} {'wall s':>7} {'build s':>7} {'meas s':>7} "
           f"{'acc s':>6} {'ovh s':>6} {'samples/s':>10} {'speedup':>8}")
     for r in rows:
         cfg = " ".join(f"{k}={v}" for k, v in r["config"].items())
-        print(f"{r['trial']:>5} {r['state']:<9} {cfg:<48} {fmt(r['wall_s']):>7} {fmt(r['prepare_s']):>7} "
+        print(f"{r['trial']:>5} {r['state']:<9} {cfg:<48} {fmt(r['wall_s']):>7} {fmt(r['build_s']):>7} "
               f"{fmt(r['measure_s']):>7} {fmt(r['accuracy_s']):>6} {fmt(r['overhead_s']):>6} "
               f"{fmt(r['throughput'], ',.0f'):>10} {fmt(r['speedup']):>8}")
     overheads = [r["overhead_s"] for r in rows if r["overhead_s"] is not None]

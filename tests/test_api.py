@@ -23,7 +23,7 @@ def test_reference_is_trial_zero_and_a_best_is_found(searched):
     assert len(result.trials) == 4
     ref = result.trials[0]
     assert ref.reference and ref.state == "COMPLETE"
-    assert ref.config == {"precision": "fp32", "batch_size": 1, "compile_mode": "eager"}
+    assert ref.config == autoopt.knobs.reference_config()
     assert ref.metrics["accuracy_drop"] == 0.0
     assert result.best is not None and result.best.feasible
     assert result.best.metrics["throughput"] == max(t.metrics["throughput"] for t in result.top(5))
@@ -84,8 +84,10 @@ def test_fidelity_pipeline_and_an_in_memory_pipeline(tmp_path, write_file):
     assert result.trials[0].metrics["accuracy"] == pytest.approx(1.0)
 
 
-def test_unreachable_target_gives_no_best_and_a_closest_trial(tmp_path):
-    result = autoopt.search(TINY_MLP, target_latency="1us", trials=2, seed=0, tracking_uri=str(tmp_path), **FAST)
+def test_unreachable_target_gives_no_best_and_a_closest_trial(tmp_path, write_file):
+    space = write_file("space.yaml", "batch_size: [1, 4]\n")  # only latency can be violated
+    result = autoopt.search(TINY_MLP, target_latency="1us", space=space, trials=2, seed=0,
+                            tracking_uri=str(tmp_path), **FAST)
     assert result.best is None
     closest = result.closest
     assert closest is not None

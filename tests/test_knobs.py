@@ -1,71 +1,207 @@
-"""The shared knob suite runs on every registered knob; knob-specific tests follow."""
+"""The shared knob conformance suite runs on every registered knob; knob-specific tests follow."""
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
 
-from autoopt import knobs
+from autoopt import knobs, runtimes
+from autoopt.errors import ConfigError, Unsupported
 from autoopt.knobs import REGISTRY
+from autoopt.space import load_space
 
 KNOB_NAMES = list(REGISTRY)
 
 
-def tiny_model():
+class Tiny(torch.nn.Module):
+    """Linear layers to quantize and prune, a dict with a nested tuple to keep."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.head = torch.nn.Linear(8, 32), torch.nn.Linear(32, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return {"logits": self.head(h), "aux": (h.sum(-1),)}
+
+
+def tiny():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    return Tiny().eval()
+
+
+def ctx(tmp_path=None):
+    x = torch.randn(2, 8)
+    return runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path or "."), example_inputs=(x,),
+                                 batch_inputs=(torch.randn(4, 8),),
+                                 calibration=lambda: [(torch.randn(16, 8),) for _ in range(4)])
+
+
+def values_of(knob):
+    if knob.choices is not None:
+        return [v for v in knob.choices if not knob.unavailable(v, "cpu")]
+    low, high = knob.bounds
+    if knob.name == "threads":
+        return [1]
+    return [low, (low + high) / 2, high]
+
+
+def structure(out):
+    return pytree.tree_structure(out)
 
 
 @pytest.mark.parametrize("name", KNOB_NAMES)
-def test_baseline_is_in_the_domain_and_available_on_cpu(name):
+def test_baseline_is_in_the_domain_available_and_identity(name):
     knob = REGISTRY[name]
-    assert knob.contains(knob.baseline)
+    assert knob.contains(knob.baseline) and knob.doc
     assert knob.unavailable(knob.baseline, "cpu") is None
-    assert knob.doc
+    model, x = tiny(), torch.randn(4, 8)
+    expected = model(x)
+    out = knobs.apply_model_knobs(model, knobs.reference_config(), ctx())(x)
+    assert structure(out) == structure(expected)
+    for a, b in zip(pytree.tree_leaves(out), pytree.tree_leaves(expected)):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("name", KNOB_NAMES)
-def test_baseline_apply_keeps_the_model_outputs(name):
+def test_every_value_applies_and_keeps_structure_and_finiteness(name):
     knob = REGISTRY[name]
-    model, x = tiny_model(), torch.randn(4, 8)
-    expected = model(x)
-    if knob.apply is not None:
-        model = knob.apply(model, knob.baseline, "cpu")
-    torch.testing.assert_close(model(x), expected)
-
-
-@pytest.mark.parametrize("name", [n for n in KNOB_NAMES if REGISTRY[n].choices])
-def test_every_available_choice_applies_and_runs(name):
-    knob = REGISTRY[name]
-    for value in knob.choices:
-        if knob.unavailable(value, "cpu") or knob.apply is None:
+    for value in values_of(knob):
+        config = {**knobs.reference_config(), name: value}
+        if name == "pruning_method":
+            config["pruning_amount"] = 0.5
+        if knobs.conflict(config, "cpu"):
             continue
-        model = knob.apply(tiny_model(), value, "cpu")
-        dtype = next(model.parameters()).dtype
-        assert model(torch.randn(2, 8, dtype=dtype)).shape == (2, 2)
+        model = knobs.apply_model_knobs(tiny(), config, ctx())
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        with torch.no_grad():
+            out = model(torch.randn(4, 8, dtype=dtype))
+        assert structure(out) == structure(tiny()(torch.randn(4, 8))), (name, value)
+        assert all(torch.isfinite(t.float()).all() for t in pytree.tree_leaves(out)), (name, value)
 
 
-def test_reference_config_is_every_baseline():
-    assert knobs.reference_config() == {"precision": "fp32", "batch_size": 1, "compile_mode": "eager"}
-    assert knobs.conflict(knobs.reference_config(), "cpu") is None
+@pytest.mark.parametrize("name", KNOB_NAMES)
+def test_an_out_of_domain_value_is_a_clear_error(name, write_file):
+    knob = REGISTRY[name]
+    bad = "bogus" if knob.choices is not None else knob.bounds[1] + 1
+    path = write_file("space.yaml", f"{name}: [{bad}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_space(path, "cpu")
+    assert str(info.value).startswith(f"The '{name}' entry of {path} must contain only values {knob.describe_domain()}")
 
 
-def test_precision_fp16_is_cuda_only_and_bf16_casts():
+def test_reference_config_is_every_baseline_and_valid():
+    ref = knobs.reference_config()
+    assert (ref["precision"], ref["batch_size"], ref["compile_mode"], ref["quantization"]) == ("fp32", 1, "eager", "none")
+    assert ref["pruning_amount"] == 0.0
+    assert knobs.conflict(ref, "cpu") is None
+
+
+def test_canonical_form_ignores_knobs_that_change_nothing():
+    ref = knobs.reference_config()
+    assert knobs.canonical({**ref, "quant_granularity": "per_tensor"}) == ref
+    assert knobs.canonical({**ref, "pruning_method": "structured"}) == ref
+    assert knobs.canonical({**ref, "graph_fusion": "none"}) == ref
+    onnx = {**ref, "compile_mode": "onnxruntime", "graph_fusion": "none"}
+    assert knobs.canonical(onnx) == onnx
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"precision": "bf16", "quantization": "static_int8"}, "starts from the fp32 model"),
+    ({"precision": "bf16", "compile_mode": "onnxruntime"}, "onnxruntime runs the fp32 export"),
+    ({"quantization": "weight_only_int8", "compile_mode": "torchscript"}, "cannot be traced by TorchScript"),
+    ({"quantization": "static_int8", "compile_mode": "inductor", "quant_granularity": "per_tensor"}, "per channel only"),
+    ({"quantization": "weight_only_int8", "compile_mode": "onnxruntime", "quant_granularity": "per_tensor"}, "MatMulNBits"),
+])
+def test_impossible_combinations_are_conflicts(config, words):
+    assert words in knobs.conflict({**knobs.reference_config(), **config}, "cpu")
+
+
+def test_no_quantized_engine_is_a_conflict(monkeypatch):
+    from autoopt.knobs import quantization
+
+    monkeypatch.setattr(quantization, "supported_engines", lambda: ["qnnpack"])
+    reason = knobs.conflict({**knobs.reference_config(), "quantization": "dynamic_int8"}, "cpu")
+    assert "NoQEngine" in reason
+    assert knobs.conflict({**knobs.reference_config(), "quantization": "dynamic_int8",
+                           "compile_mode": "onnxruntime"}, "cpu") is None
+
+
+def test_unavailable_values():
     assert "CUDA" in REGISTRY["precision"].unavailable("fp16", "cpu")
-    model = REGISTRY["precision"].apply(tiny_model(), "bf16", "cpu")
+    assert "CUDA" in REGISTRY["compile_mode"].unavailable("inductor_reduce_overhead", "cpu")
+    assert REGISTRY["threads"].unavailable(4096, "cpu")
+
+
+def test_l1_unstructured_sparsity_equals_the_amount():
+    config = {**knobs.reference_config(), "pruning_amount": 0.5, "pruning_method": "l1_unstructured"}
+    model = knobs.apply_model_knobs(tiny(), config, ctx())
+    for layer in (model.fc1, model.fc2, model.head):
+        assert (layer.weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.02)
+
+
+def test_structured_pruning_removes_neurons_and_keeps_outputs():
+    config = {**knobs.reference_config(), "pruning_amount": 0.5, "pruning_method": "structured"}
+    before = sum(p.numel() for p in tiny().parameters())
+    model = knobs.apply_model_knobs(tiny(), config, ctx())
+    assert sum(p.numel() for p in model.parameters()) < 0.6 * before
+    assert model.fc1.out_features == 16 and model.head.out_features == 3
+    assert model(torch.randn(5, 8))["logits"].shape == (5, 3)
+
+
+def test_structured_pruning_that_would_change_an_output_is_unsupported():
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 16)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x)) * 2  # the pruned width is the output width
+
+    config = {**knobs.reference_config(), "pruning_amount": 0.5, "pruning_method": "structured"}
+    model = knobs.apply_model_knobs(Pooled().eval(), config, ctx())
+    assert model.fc.out_features == 16  # the output layer is kept whole
+
+
+def test_structured_pruning_keeps_attention_widths():
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+    model = torch.nn.Sequential(torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)).eval()
+    x = torch.randn(2, 5, 32)
+    c = runtimes.BuildContext(device="cpu", threads=1, workdir=".", example_inputs=(x,), batch_inputs=(x,))
+    config = {**knobs.reference_config(), "pruning_amount": 0.5, "pruning_method": "structured"}
+    pruned = knobs.apply_model_knobs(model, config, c)
+    block = pruned[0].layers[0]
+    assert block.self_attn.embed_dim == 32 and block.linear1.out_features == 32
+    assert pruned(torch.randn(3, 5, 32)).shape == (3, 5, 32)
+
+
+@pytest.mark.parametrize("mode, runtime, quantized", [
+    ("dynamic_int8", "eager", "torch.ao.nn.quantized.dynamic"),
+    ("static_int8", "eager", "torch.ao.nn.quantized"),
+    ("weight_only_int8", "eager", None),
+])
+def test_torch_quantization_modes(mode, runtime, quantized):
+    config = {**knobs.reference_config(), "quantization": mode, "compile_mode": runtime}
+    model = knobs.apply_model_knobs(tiny(), config, ctx())
+    if quantized:
+        assert any(type(m).__module__.startswith(quantized) for m in model.modules())
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(model(x)["logits"], tiny()(x)["logits"], atol=0.05, rtol=0.05)
+
+
+def test_dynamic_int8_without_linear_layers_is_unsupported():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)).eval()
+    config = {**knobs.reference_config(), "quantization": "dynamic_int8"}
+    with pytest.raises(Unsupported, match="this model has none"):
+        knobs.apply_model_knobs(conv, config, ctx())
+
+
+def test_precision_bf16_casts():
+    model = knobs.apply_model_knobs(tiny(), {**knobs.reference_config(), "precision": "bf16"}, ctx())
     assert next(model.parameters()).dtype == torch.bfloat16
-
-
-def test_onnxruntime_with_bf16_is_a_conflict():
-    reason = knobs.conflict({"precision": "bf16", "batch_size": 1, "compile_mode": "onnxruntime"}, "cpu")
-    assert "onnxruntime runs the fp32 export" in reason
-
-
-def test_batch_size_domain():
-    knob = REGISTRY["batch_size"]
-    assert knob.contains(64) and not knob.contains(0) and not knob.contains(2.5) and not knob.contains(True)
 
 
 @pytest.mark.gpu
 def test_fp16_on_cuda():
     assert REGISTRY["precision"].unavailable("fp16", "cuda") is None
-    model = REGISTRY["precision"].apply(tiny_model().cuda(), "fp16", "cuda")
-    assert model(torch.randn(2, 8, device="cuda", dtype=torch.float16)).dtype == torch.float16
+    model = knobs.apply_model_knobs(tiny().cuda(), {**knobs.reference_config(), "precision": "fp16"}, ctx())
+    assert model(torch.randn(2, 8, device="cuda", dtype=torch.float16))["logits"].dtype == torch.float16

@@ -3,32 +3,42 @@
 import pytest
 import torch
 
-from autoopt import runtimes
+from autoopt import knobs, runtimes
+from autoopt.errors import Unsupported
 from autoopt.pipeline import load_pipeline
 from conftest import TINY_DICT, TINY_MLP
 
-
-def built(name, pipeline, tmp_path, device="cpu"):
-    runtime = runtimes.get(name)
-    ctx = runtimes.BuildContext(device=device, threads=1, workdir=str(tmp_path))
-    prepared = runtime.prepare(pipeline.build_model(), pipeline.make_inputs(2), {}, ctx)
-    assert prepared.model_size_mb > 0
-    return runtime.load(prepared, {}, ctx)
+# One value per runtime module (the inductor modes share one; max-autotune only adds autotuning time).
+RUNTIME_MODES = ["eager", "torchscript", "inductor", "onnxruntime"]
 
 
-@pytest.mark.parametrize("name", list(runtimes.RUNTIMES))
-def test_predict_matches_eager_at_another_batch_size(name, tmp_path):
+def build(compile_mode, pipe, tmp_path, device="cpu", **overrides):
+    config = {**knobs.reference_config(), "compile_mode": compile_mode, **overrides}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    runtime = runtimes.get(compile_mode)
+    ctx = runtimes.BuildContext(
+        device=device, threads=1, workdir=str(tmp_path), example_inputs=pipe.make_inputs(2),
+        batch_inputs=pipe.make_inputs(4), calibration=lambda: [pipe.make_inputs(8) for _ in range(4)],
+    )
+    model = knobs.apply_model_knobs(pipe.build_model(), config, ctx, runtime.REALIZES)
+    prepared = runtime.prepare(model, config, ctx)
+    assert prepared.model_size_mb > 0 or compile_mode.startswith("inductor")
+    return runtime.load(prepared, config, ctx), prepared
+
+
+@pytest.mark.parametrize("mode", RUNTIME_MODES)
+def test_predict_matches_eager_at_another_batch_size(mode, tmp_path):
     pipe = load_pipeline(TINY_MLP)
     x = pipe.make_inputs(5)
     expected = pipe.build_model()(*x)
-    torch.testing.assert_close(built(name, pipe, tmp_path).predict(*x), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(build(mode, pipe, tmp_path)[0].predict(*x), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(runtimes.RUNTIMES))
-def test_dict_outputs_and_two_inputs_keep_their_structure(name, tmp_path):
+@pytest.mark.parametrize("mode", RUNTIME_MODES)
+def test_dict_outputs_and_two_inputs_keep_their_structure(mode, tmp_path):
     pipe = load_pipeline(TINY_DICT)
     inputs = pipe.make_inputs(3)
-    out = built(name, pipe, tmp_path).predict(*inputs)
+    out = build(mode, pipe, tmp_path)[0].predict(*inputs)
     expected = pipe.build_model()(*inputs)
     assert isinstance(out, dict) and set(out) == {"logits", "pooled"}
     for key in expected:
@@ -38,29 +48,85 @@ def test_dict_outputs_and_two_inputs_keep_their_structure(name, tmp_path):
 def test_onnx_export_names_inputs_after_forward_and_has_a_dynamic_batch(tmp_path):
     import onnx
 
-    pipe = load_pipeline(TINY_DICT)
-    runtime = runtimes.get("onnxruntime")
-    ctx = runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path))
-    prepared = runtime.prepare(pipe.build_model(), pipe.make_inputs(2), {}, ctx)
+    _, prepared = build("onnxruntime", load_pipeline(TINY_DICT), tmp_path)
     graph = onnx.load(prepared.artifact).graph
     assert [i.name for i in graph.input] == ["features", "mask"]
     assert all(i.type.tensor_type.shape.dim[0].dim_param for i in graph.input)
 
 
-def test_bf16_eager_returns_fp32_outputs(tmp_path):
-    from autoopt.knobs import apply_model_knobs
+@pytest.mark.parametrize("mode, op", [("dynamic_int8", "MatMulInteger"), ("static_int8", "QuantizeLinear"),
+                                      ("weight_only_int8", "MatMulNBits")])
+def test_onnxruntime_quantizes_the_graph(mode, op, tmp_path):
+    import onnx
 
+    pipe = load_pipeline(TINY_DICT)
+    built, prepared = build("onnxruntime", pipe, tmp_path, quantization=mode)
+    _, fp32 = build("onnxruntime", pipe, tmp_path)
+    assert op in {node.op_type for node in onnx.load(prepared.artifact).graph.node}
+    inputs = pipe.make_inputs(6)
+    expected = pipe.build_model()(*inputs)
+    torch.testing.assert_close(built.predict(*inputs)["logits"], expected["logits"], atol=0.1, rtol=0.1)
+    assert prepared.artifact != fp32.artifact
+
+
+def test_onnx_artifacts_are_cached_by_what_determines_them(tmp_path):
     pipe = load_pipeline(TINY_MLP)
-    runtime = runtimes.get("eager")
-    ctx = runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path))
-    model = apply_model_knobs(pipe.build_model(), {"precision": "bf16"}, "cpu")
-    predict = runtime.load(runtime.prepare(model, pipe.make_inputs(2), {}, ctx), {}, ctx).predict
-    assert predict(*pipe.make_inputs(4)).dtype == torch.float32
+    _, first = build("onnxruntime", pipe, tmp_path / "a", batch_size=1, threads=1)
+    _, again = build("onnxruntime", pipe, tmp_path / "b", batch_size=64)
+    _, other = build("onnxruntime", pipe, tmp_path / "c", quantization="dynamic_int8")
+    assert first.artifact == again.artifact  # batch size and threads do not change the file
+    assert other.artifact != first.artifact
+
+
+def test_transformer_fusion_says_when_there_is_nothing_to_fuse(tmp_path):
+    with pytest.raises(Unsupported, match="no attention, LayerNorm or GELU pattern"):
+        build("onnxruntime", load_pipeline(TINY_MLP), tmp_path, graph_fusion="transformer")
+
+
+def test_weight_only_on_a_graph_without_matmul_is_unsupported(tmp_path):
+    with pytest.raises(Unsupported, match="this graph has none"):
+        build("onnxruntime", load_pipeline(TINY_MLP), tmp_path, quantization="weight_only_int8")
+
+
+def test_torchscript_falls_back_to_scripting_for_data_dependent_control_flow(tmp_path):
+    from autoopt.runtimes.torchscript import script_module
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x * 2
+            return x - 1
+
+    model = Branchy().eval()
+    positive, negative = torch.ones(2, 3), -2 * torch.ones(4, 3)
+    module, how = script_module(model, (positive,), [(negative,)])
+    assert how == "script"
+    torch.testing.assert_close(module(negative), model(negative))
+
+
+def test_torchscript_ships_dynamic_int8(tmp_path):
+    pipe = load_pipeline(TINY_MLP)
+    built, prepared = build("torchscript", pipe, tmp_path, quantization="dynamic_int8")
+    assert prepared.artifact.endswith("model.pt")
+    x = pipe.make_inputs(8)
+    torch.testing.assert_close(built.predict(*x), pipe.build_model()(*x), atol=0.05, rtol=0.05)
+
+
+def test_bf16_eager_returns_fp32_outputs(tmp_path):
+    pipe = load_pipeline(TINY_MLP)
+    assert build("eager", pipe, tmp_path, precision="bf16")[0].predict(*pipe.make_inputs(4)).dtype == torch.float32
 
 
 @pytest.mark.gpu
 def test_eager_on_cuda_returns_cpu_outputs(tmp_path):
     pipe = load_pipeline(TINY_MLP)
-    b = built("eager", pipe, tmp_path, device="cuda")
-    out = b.predict(*pipe.make_inputs(4))
-    assert out.device.type == "cpu" and b.sync is not None
+    built, _ = build("eager", pipe, tmp_path, device="cuda")
+    assert built.predict(*pipe.make_inputs(4)).device.type == "cpu" and built.sync is not None
+
+
+@pytest.mark.gpu
+def test_inductor_reduce_overhead_on_cuda(tmp_path):
+    pipe = load_pipeline(TINY_MLP)
+    built, _ = build("inductor_reduce_overhead", pipe, tmp_path, device="cuda")
+    x = pipe.make_inputs(4)
+    torch.testing.assert_close(built.predict(*x), pipe.build_model()(*x), rtol=1e-3, atol=1e-3)

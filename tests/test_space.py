@@ -1,5 +1,6 @@
 import pytest
 
+from autoopt import knobs
 from autoopt.errors import ConfigError
 from autoopt.space import load_space
 
@@ -7,9 +8,9 @@ from autoopt.space import load_space
 def test_default_space_drops_fp16_on_cpu_with_a_note():
     space = load_space(None, "cpu")
     assert space.domains["precision"].choices == ("fp32", "bf16")
-    assert space.domains["compile_mode"].choices == ("eager", "onnxruntime")
+    assert space.domains["compile_mode"].choices == ("eager", "torchscript", "onnxruntime")
     assert any("precision=fp16 dropped" in n and "CUDA" in n for n in space.notes)
-    assert space.reference_config() == {"precision": "fp32", "batch_size": 1, "compile_mode": "eager"}
+    assert space.reference_config() == knobs.reference_config()
 
 
 def test_bundled_space_by_name():
@@ -20,6 +21,12 @@ def test_missing_knobs_stay_at_baseline(write_file):
     space = load_space(write_file("s.yaml", "batch_size: [1, 4]\n"), "cpu")
     assert space.domains["precision"].choices == ("fp32",)
     assert space.domains["compile_mode"].choices == ("eager",)
+
+
+def test_threads_range_is_capped_at_the_cores(write_file):
+    space = load_space(write_file("s.yaml", "threads: {low: 1, high: 999}\n"), "cpu")
+    assert space.domains["threads"].high == knobs.REGISTRY["threads"].baseline
+    assert any("threads range" in n and "capped" in n for n in space.notes)
 
 
 def test_numeric_domain(write_file):
@@ -38,7 +45,8 @@ def test_baseline_is_added_to_a_list_that_lacks_it(write_file):
     ("precision: [fp32, int3]\n",
      "The 'precision' entry of {f} must contain only values one of [fp32, bf16, fp16]. Got 'int3'."),
     ("quantisation: [none]\n",
-     "The 'quantisation' entry of {f} is not a knob. Expected one of [precision, batch_size, compile_mode]."),
+     "The 'quantisation' entry of {f} is not a knob. Expected one of [pruning_amount, pruning_method, quantization, "
+     "quant_granularity, precision, batch_size, threads, compile_mode, graph_fusion]."),
     ("batch_size: []\n",
      "The 'batch_size' entry of {f} must list at least one value, an integer in [1, 65536]. Got []."),
     ("batch_size: [1, 0]\n",
@@ -85,4 +93,4 @@ def test_suggest_returns_a_plain_dict_of_every_knob():
     space = load_space(None, "cpu")
     study = optuna.create_study()
     config = space.suggest(study.ask())
-    assert set(config) == {"precision", "batch_size", "compile_mode"}
+    assert set(config) == set(knobs.REGISTRY)

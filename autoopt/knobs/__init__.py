@@ -1,16 +1,35 @@
-"""The knob registry. Order matters: model-level `apply` transforms run in this order."""
+"""The knob registry. Order matters: model-level `apply` transforms run in this order (pruning,
+then quantization, then precision), before the runtime builds `predict`."""
 
 from __future__ import annotations
 
-from . import batch_size, compile_mode, precision
+from . import (batch_size, compile_mode, graph_fusion, precision, pruning_amount, pruning_method,
+               quant_granularity, quantization, threads)
 from .base import Knob
 
-REGISTRY: dict[str, Knob] = {k.name: k for k in (precision.KNOB, batch_size.KNOB, compile_mode.KNOB)}
+REGISTRY: dict[str, Knob] = {k.name: k for k in (
+    pruning_amount.KNOB,
+    pruning_method.KNOB,
+    quantization.KNOB,
+    quant_granularity.KNOB,
+    precision.KNOB,
+    batch_size.KNOB,
+    threads.KNOB,
+    compile_mode.KNOB,
+    graph_fusion.KNOB,
+)}
 
 
 def reference_config() -> dict:
     """The configuration of the reference trial: every knob at its baseline (fp32, eager, batch 1)."""
     return {name: knob.baseline for name, knob in REGISTRY.items()}
+
+
+def canonical(config: dict) -> dict:
+    """The configuration with knobs that change nothing here set to their baseline: two configurations
+    with the same canonical form build and measure the same thing."""
+    return {name: (value if REGISTRY[name].relevant(config) else REGISTRY[name].baseline)
+            for name, value in config.items()}
 
 
 def conflict(config: dict, device: str) -> str | None:
@@ -21,11 +40,12 @@ def conflict(config: dict, device: str) -> str | None:
     return None
 
 
-def apply_model_knobs(model, config: dict, device: str):
+def apply_model_knobs(model, config: dict, ctx, realized_by_runtime: frozenset = frozenset()):
+    """Run the model-level transforms, except those the runtime realizes itself."""
     for knob in REGISTRY.values():
-        if knob.apply is not None and knob.name in config:
-            model = knob.apply(model, config[knob.name], device)
+        if knob.apply is not None and knob.name in config and knob.name not in realized_by_runtime:
+            model = knob.apply(model, config, ctx)
     return model
 
 
-__all__ = ["Knob", "REGISTRY", "reference_config", "conflict", "apply_model_knobs"]
+__all__ = ["Knob", "REGISTRY", "reference_config", "canonical", "conflict", "apply_model_knobs"]

@@ -4,8 +4,12 @@
   space is loaded: the value is dropped with a warning), or None.
 - `conflict(config, device)`: why this whole combination cannot work (the trial is pruned before
   anything is built), or None.
-- `apply(model, value, device)`: the model-level transform, for knobs realized on the nn.Module.
-  Knobs realized elsewhere (by the runtime, by the measurement) leave it None.
+- `relevant(config)`: whether the knob changes anything in this configuration (quant_granularity
+  without quantization does not). Irrelevant knobs are set to their baseline in the canonical form
+  of a configuration, so that equivalent configurations share one measurement.
+- `apply(model, config, ctx)`: the model-level transform, for knobs realized on the nn.Module.
+  Knobs realized elsewhere (by the runtime, by the measurement) leave it None; a runtime that
+  realizes a knob itself lists it in its REALIZES set and `apply` is skipped for it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ def _never(*_args) -> None:
     return None
 
 
+def _always(_config: dict) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Knob:
     name: str
@@ -28,7 +36,8 @@ class Knob:
     integer: bool = False
     unavailable: Callable[[Any, str], str | None] = _never
     conflict: Callable[[dict, str], str | None] = _never
-    apply: Callable[[Any, Any, str], Any] | None = None
+    relevant: Callable[[dict], bool] = _always
+    apply: Callable[[Any, dict, Any], Any] | None = None
 
     @property
     def numeric(self) -> bool:

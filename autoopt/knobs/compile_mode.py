@@ -10,7 +10,7 @@ from .base import Knob
 
 
 def _unavailable(value: str, device: str) -> str | None:
-    return runtimes.get(value).unavailable(device)
+    return runtimes.get(value).unavailable(value, device)
 
 
 def _conflict(config: dict, device: str) -> str | None:
@@ -19,7 +19,8 @@ def _conflict(config: dict, device: str) -> str | None:
 
 KNOB = Knob(
     name="compile_mode",
-    doc="Runtime that builds predict: eager (PyTorch) or onnxruntime (ONNX export + ORT session).",
+    doc="Runtime that builds predict and is shipped: eager, torchscript, inductor (default, max-autotune, "
+        "reduce-overhead on CUDA) or onnxruntime.",
     baseline="eager",
     choices=tuple(runtimes.RUNTIMES),
     unavailable=_unavailable,

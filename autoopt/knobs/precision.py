@@ -29,7 +29,8 @@ def torch_dtype(value: str):
     return getattr(torch, DTYPES[value])
 
 
-def _apply(model, value: str, device: str):
+def _apply(model, config: dict, ctx):
+    value = config["precision"]
     return model if value == "fp32" else model.to(torch_dtype(value))
 
 

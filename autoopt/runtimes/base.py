@@ -1,8 +1,9 @@
 """What every runtime shares: the build context, the built candidate, and output-structure helpers.
 
-A runtime module provides `unavailable(device)`, `conflict(config, device)` and two steps:
-- `prepare(model, example_inputs, config, ctx) -> Prepared`: the offline work (export, serialization)
-  that produces what would be shipped, and its size;
+A runtime module provides `unavailable(device)`, `conflict(config, device)`, a REALIZES set of the
+knobs it realizes itself (model-level `apply` is skipped for those), and two steps:
+- `prepare(model, config, ctx) -> Prepared`: the offline work (export, quantization, compilation)
+  that produces what would be shipped, and its size; timed as `build_s`;
 - `load(prepared, config, ctx) -> Built`: what a server does with it (load, create a session).
 Peak memory is measured over `load` plus the timed calls, so export machinery is not counted.
 `predict(*inputs)` takes CPU tensors in the reference's dtypes and returns CPU fp32 outputs with the
@@ -20,6 +21,9 @@ class BuildContext:
     device: str  # "cpu" or "cuda"
     threads: int  # intra-op threads (CPU)
     workdir: str  # where the runtime may write its artifact (e.g. model.onnx)
+    example_inputs: tuple = ()  # a batch of 2 (tracing, export: batch 1 would specialize the axis)
+    batch_inputs: tuple = ()  # the trial's batch (compilation for the measured shape)
+    calibration: Callable[[], list] = list  # representative input batches (static quantization)
 
 
 @dataclass
@@ -60,4 +64,33 @@ def cast_inputs(inputs, dtype, device: str) -> tuple:
     """Floating inputs take the model's dtype; integer inputs (ids, masks) keep theirs."""
     return tuple(
         t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device) for t in inputs
+    )
+
+
+def model_dtype(model):
+    import torch
+
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def state_dict_mb(model) -> float:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 1e6
+
+
+def outputs_close(a, b, rtol: float = 1e-3, atol: float = 1e-4) -> bool:
+    import torch
+    from torch.utils import _pytree as pytree
+
+    la, lb = pytree.tree_leaves(a), pytree.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        x.shape == y.shape and torch.allclose(x.float(), y.float(), rtol=rtol, atol=atol) for x, y in zip(la, lb)
     )

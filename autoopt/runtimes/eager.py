@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import copy
-import io
 
-from .base import BuildContext, Built, Prepared, cast_inputs, to_reference_dtypes
+from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, to_reference_dtypes
+
+REALIZES: frozenset = frozenset()
 
 
-def unavailable(device: str) -> str | None:
+def unavailable(value: str, device: str) -> str | None:
     return None
 
 
 def conflict(config: dict, device: str) -> str | None:
     return None
-
-
-def model_dtype(model):
-    import torch
-
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
 
 
 def predictor(model, device: str = "cpu"):
@@ -37,12 +29,8 @@ def predictor(model, device: str = "cpu"):
     return predict
 
 
-def prepare(model, example_inputs: tuple, config: dict, ctx: BuildContext) -> Prepared:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return Prepared(buffer.getbuffer().nbytes / 1e6, state={"model": model.eval()})
+def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
+    return Prepared(state_dict_mb(model), state={"model": model.eval()})
 
 
 def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:

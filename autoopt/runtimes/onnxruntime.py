@@ -1,24 +1,35 @@
 """onnxruntime: ONNX export of the candidate (dynamic batch axis), then an ORT inference session.
 
-The model's outputs are flattened for export and restored after each run, so dict and nested tuple
-outputs come back with the eager model's structure. The session gets explicit intra-op threads:
-ORT's default (all cores, spinning) is erratic on a small shared machine.
+The runtime realizes three knobs itself, on the ONNX graph: graph_fusion (ORT's transformer
+optimizer, then the session's optimization level), quantization with quant_granularity (ORT's
+dynamic and static QDQ quantizers; MatMulNBits 8-bit for weight-only) and threads (an explicit
+intra-op thread count: ORT's default, all cores with spinning, is erratic on a small shared machine).
+The built file does not depend on batch size or threads, so it is cached by the model's fingerprint
+and the knobs that shape it. Outputs are flattened for export and restored after each run, so dict
+and nested tuple outputs come back with the eager model's structure.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import warnings
 
+from ..cache import ArtifactCache, model_fingerprint
+from ..errors import Unsupported
 from .base import BuildContext, Built, Prepared, output_spec, to_reference_dtypes
+
+REALIZES = frozenset({"quantization", "quant_granularity", "graph_fusion"})
+TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization",
+                       "Gelu", "BiasGelu", "FastGelu", "EmbedLayerNormalization")
 
 
 def _providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
 
 
-def unavailable(device: str) -> str | None:
+def unavailable(value: str, device: str) -> str | None:
     import onnxruntime
 
     if device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -29,6 +40,8 @@ def unavailable(device: str) -> str | None:
 def conflict(config: dict, device: str) -> str | None:
     if config.get("precision", "fp32") != "fp32":
         return f"onnxruntime runs the fp32 export here; precision={config['precision']} is a torch-runtime option"
+    if config.get("quantization") == "weight_only_int8" and config.get("quant_granularity") == "per_tensor":
+        return "ORT weight-only int8 (MatMulNBits) quantizes per block of 32 input channels, not per tensor"
     return None
 
 
@@ -73,20 +86,103 @@ def export_onnx(model, example_inputs: tuple, path: str):
     return names, spec
 
 
-def session(path: str, threads: int, device: str = "cpu"):
+def _fuse_transformer(src: str, dst: str) -> None:
+    from onnxruntime.transformers import optimizer
+
+    optimized = optimizer.optimize_model(src, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    if not any(op in fused for op in TRANSFORMER_FUSIONS):
+        raise Unsupported("graph_fusion=transformer: no attention, LayerNorm or GELU pattern in this graph to fuse")
+    optimized.save_model_to_file(dst)
+
+
+def _quantize(src: str, dst: str, config: dict, names: list[str], ctx: BuildContext) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import onnx
+
+    mode, per_channel = config["quantization"], config.get("quant_granularity", "per_channel") == "per_channel"
+    # The exporter records shapes of initializers in value_info; the quantizer transposes Gemm weights
+    # and its shape inference then fails on those stale entries. Initializers carry their own shapes.
+    graph = onnx.load(src)
+    initializers = {i.name for i in graph.graph.initializer}
+    kept = [v for v in graph.graph.value_info if v.name not in initializers]
+    del graph.graph.value_info[:]
+    graph.graph.value_info.extend(kept)
+    onnx.save(graph, src := dst + ".src.onnx")
+    pre = dst + ".pre.onnx"
+    try:
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+    except Exception:  # noqa: BLE001 - pre-processing is an optimization; quantize the graph as it is
+        pre = src
+    if mode == "dynamic_int8":
+        quantize_dynamic(pre, dst, per_channel=per_channel, weight_type=QuantType.QInt8)
+    elif mode == "static_int8":
+        class Reader(CalibrationDataReader):
+            def __init__(self, batches):
+                self.feeds = iter([{n: t.numpy() for n, t in zip(names, b)} for b in batches])
+
+            def get_next(self):
+                return next(self.feeds, None)
+
+        quantize_static(pre, dst, Reader(ctx.calibration()), quant_format=QuantFormat.QDQ, per_channel=per_channel)
+    else:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        graph = onnx.load(pre)
+        if not any(node.op_type == "MatMul" for node in graph.graph.node):
+            raise Unsupported("weight_only_int8 on onnxruntime quantizes MatMul weights and this graph has none")
+        quantizer = MatMulNBitsQuantizer(graph, bits=8, block_size=32, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(dst)
+
+
+def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
+    import onnxruntime
+    import torch
+    from torch.utils import _pytree as pytree
+
+    model = model.cpu().eval()
+    example = tuple(t.cpu() for t in ctx.example_inputs)
+    fusion, quant = config.get("graph_fusion", "basic"), config.get("quantization", "none")
+    cache = ArtifactCache("onnx")
+    key = model_fingerprint(model, example, graph_fusion=fusion, quantization=quant,
+                            quant_granularity=config.get("quant_granularity") if quant != "none" else None,
+                            torch=torch.__version__, onnxruntime=onnxruntime.__version__)
+    entry = cache.get(key)
+    if entry is None:
+        path = os.path.join(ctx.workdir, "model.onnx")
+        names, spec = export_onnx(model, example, path)
+        if fusion == "transformer":
+            _fuse_transformer(path, fused := os.path.join(ctx.workdir, "fused.onnx"))
+            path = fused
+        if quant != "none":
+            _quantize(path, quantized := os.path.join(ctx.workdir, "quantized.onnx"), config, names, ctx)
+            path = quantized
+        meta = os.path.join(ctx.workdir, "meta.json")
+        with open(meta, "w") as f:
+            json.dump({"input_names": names, "output_spec": pytree.treespec_dumps(spec)}, f)
+        entry = cache.put(key, {"model.onnx": path, "meta.json": meta})
+    meta = json.loads((entry / "meta.json").read_text())
+    artifact = str(entry / "model.onnx")
+    return Prepared(os.path.getsize(artifact) / 1e6, artifact=artifact, state={
+        "input_names": meta["input_names"], "output_spec": pytree.treespec_loads(meta["output_spec"]),
+        "cache_key": key,
+    })
+
+
+def session(path: str, threads: int, device: str = "cpu", graph_fusion: str = "basic"):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC if graph_fusion == "none"
+        else onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     return onnxruntime.InferenceSession(path, options, providers=_providers(device))
-
-
-def prepare(model, example_inputs: tuple, config: dict, ctx: BuildContext) -> Prepared:
-    path = os.path.join(ctx.workdir, "model.onnx")
-    names, spec = export_onnx(model.cpu().eval(), tuple(t.cpu() for t in example_inputs), path)
-    return Prepared(os.path.getsize(path) / 1e6, artifact=path, state={"input_names": names, "output_spec": spec})
 
 
 def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
@@ -94,7 +190,7 @@ def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
     from torch.utils import _pytree as pytree
 
     names, spec = prepared.state["input_names"], prepared.state["output_spec"]
-    sess = session(prepared.artifact, ctx.threads, ctx.device)
+    sess = session(prepared.artifact, ctx.threads, ctx.device, config.get("graph_fusion", "basic"))
 
     def predict(*inputs):
         feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}

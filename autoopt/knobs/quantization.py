@@ -1,0 +1,127 @@
+"""quantization: none, dynamic_int8, static_int8, weight_only_int8.
+
+Realized where it runs best: the onnxruntime runtime quantizes its ONNX file itself (ORT's dynamic
+and static QDQ quantizers, MatMulNBits for weight-only); on the torch runtimes this module
+transforms the nn.Module:
+- eager / torchscript: torch.ao dynamic int8 (Linear, LSTM, GRU) and FX static int8 (x86 engine);
+  both survive TorchScript tracing and freezing.
+- inductor: PT2E static or dynamic int8 with the X86 inductor quantizer, compiled with freezing.
+- weight_only_int8: torchao's Int8WeightOnlyConfig (eager, inductor). Measured on this CPU: it saves
+  memory but is slower than fp32; the search decides.
+Static int8 calibrates on the pipeline's calibration_data (or make_inputs batches when absent).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ..errors import Unsupported
+from .base import Knob
+
+MODES = ("none", "dynamic_int8", "static_int8", "weight_only_int8")
+TORCH_ENGINES = ("x86", "fbgemm")
+
+
+def supported_engines() -> list[str]:
+    import torch
+
+    return list(torch.backends.quantized.supported_engines)
+
+
+def _conflict(config: dict, device: str) -> str | None:
+    mode = config.get("quantization", "none")
+    if mode == "none":
+        return None
+    if config.get("precision", "fp32") != "fp32":
+        return f"quantization={mode} starts from the fp32 model; it does not combine with precision={config['precision']}"
+    runtime = config.get("compile_mode", "eager")
+    if runtime == "onnxruntime":
+        return None
+    if device == "cuda":
+        return f"quantization={mode} on the torch runtimes uses CPU int8 kernels; on CUDA use compile_mode=onnxruntime"
+    if mode == "weight_only_int8" and runtime == "torchscript":
+        return "weight_only_int8 (torchao tensor subclasses) cannot be traced by TorchScript"
+    if mode != "weight_only_int8":
+        engines = supported_engines()
+        if not set(TORCH_ENGINES) & set(engines):
+            return (f"quantization={mode} with compile_mode={runtime} needs a torch quantized engine "
+                    f"(x86 or fbgemm); this build has {engines} (NoQEngine)")
+        if runtime.startswith("inductor") and config.get("quant_granularity") == "per_tensor":
+            return "the X86 inductor quantizer (PT2E) quantizes weights per channel only"
+    return None
+
+
+def _apply(model, config: dict, ctx):
+    mode = config["quantization"]
+    if mode == "none":
+        return model
+    runtime = config.get("compile_mode", "eager")
+    per_channel = config.get("quant_granularity", "per_channel") == "per_channel"
+    if mode == "weight_only_int8":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(model, Int8WeightOnlyConfig())
+        return model
+    if runtime.startswith("inductor"):
+        return _pt2e(model, mode, ctx)
+    if mode == "dynamic_int8":
+        return _torch_dynamic(model, per_channel)
+    return _fx_static(model, per_channel, ctx)
+
+
+def _torch_dynamic(model, per_channel: bool):
+    import torch
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    targets = (torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU)
+    if not any(isinstance(m, targets) for m in model.modules()):
+        raise Unsupported("dynamic_int8 quantizes Linear/LSTM/GRU layers and this model has none")
+    torch.backends.quantized.engine = "x86"
+    return quantize_dynamic(model, {t: qconfig for t in targets}, dtype=torch.qint8)
+
+
+def _fx_static(model, per_channel: bool, ctx):
+    import torch
+    from torch.ao.quantization import QConfigMapping, default_qconfig, get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    mapping = get_default_qconfig_mapping("x86") if per_channel else QConfigMapping().set_global(default_qconfig)
+    try:
+        prepared = prepare_fx(copy.deepcopy(model), mapping, ctx.example_inputs)
+    except Exception as exc:  # symbolic tracing meets data-dependent control flow, for example
+        raise Unsupported(f"static_int8 (FX) cannot trace this model: {type(exc).__name__}") from exc
+    with torch.no_grad():
+        for batch in ctx.calibration():
+            prepared(*batch)
+    return convert_fx(prepared)
+
+
+def _pt2e(model, mode: str, ctx):
+    import torch
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    try:
+        exported = torch.export.export(model, ctx.example_inputs).module()
+    except Exception as exc:
+        raise Unsupported(f"{mode} for inductor (PT2E) cannot export this model: {type(exc).__name__}") from exc
+    quantizer = xiq.X86InductorQuantizer().set_global(
+        xiq.get_default_x86_inductor_quantization_config(is_dynamic=mode == "dynamic_int8")
+    )
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for batch in ctx.calibration() if mode == "static_int8" else [ctx.example_inputs]:
+            prepared(*batch)
+    return convert_pt2e(prepared)
+
+
+KNOB = Knob(
+    name="quantization",
+    doc="int8 quantization: dynamic, static (calibrated), weight-only; realized per runtime.",
+    baseline="none",
+    choices=MODES,
+    conflict=_conflict,
+    apply=_apply,
+)

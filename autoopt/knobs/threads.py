@@ -1,0 +1,30 @@
+"""threads: intra-op threads of PyTorch and ONNX Runtime on CPU. Realized by the worker and runtimes.
+
+It changes latency as much as any knob on a small machine: one thread often wins at batch 1, all
+cores at large batches. The baseline is every core this process may use.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import Knob
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _unavailable(value: int, device: str) -> str | None:
+    cores = available_cores()
+    return f"this machine has {cores} cores for this process" if value > cores else None
+
+
+KNOB = Knob(
+    name="threads",
+    doc="Intra-op threads on CPU (PyTorch set_num_threads, ORT intra_op_num_threads).",
+    baseline=available_cores(),
+    bounds=(1, 1024),
+    integer=True,
+    unavailable=_unavailable,
+)

@@ -1,0 +1,54 @@
+"""inductor: torch.compile with freezing. Serves compile_mode inductor (default mode),
+inductor_max_autotune and inductor_reduce_overhead (CUDA graphs: CUDA only).
+
+Compilation happens in `prepare`, on the trial's batch shape, so its seconds count as build_s and
+never as latency. On CPU it pays off for convolution/elementwise-heavy models, not for GEMM-bound
+ones. The compiled model's weights exist before the memory measurement starts: its peak memory is
+the serving growth (activations, workspaces) without the weights.
+"""
+
+from __future__ import annotations
+
+from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, to_reference_dtypes
+
+REALIZES: frozenset = frozenset()
+MODES = {"inductor": "default", "inductor_max_autotune": "max-autotune", "inductor_reduce_overhead": "reduce-overhead"}
+
+
+def unavailable(value: str, device: str) -> str | None:
+    if value == "inductor_reduce_overhead" and device != "cuda":
+        return "reduce-overhead uses CUDA graphs and needs a CUDA device"
+    return None
+
+
+def conflict(config: dict, device: str) -> str | None:
+    return None
+
+
+def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
+    import torch
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # weights become constants: folds BN, enables int8 fusions
+    model = model.to(ctx.device).eval()
+    dtype = model_dtype(model)
+    compiled = torch.compile(model, mode=MODES[config["compile_mode"]])
+    with torch.no_grad():
+        compiled(*cast_inputs(ctx.batch_inputs, dtype, ctx.device))  # compiles for the measured shape
+    try:
+        size = state_dict_mb(model)
+    except Exception:  # noqa: BLE001 - some quantized graph modules do not serialize their state
+        size = 0.0
+    return Prepared(size, state={"compiled": compiled, "dtype": dtype})
+
+
+def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
+    import torch
+
+    compiled, dtype = prepared.state["compiled"], prepared.state["dtype"]
+
+    def predict(*inputs):
+        with torch.no_grad():
+            return to_reference_dtypes(compiled(*cast_inputs(inputs, dtype, ctx.device)))
+
+    return Built(predict, sync=torch.cuda.synchronize if ctx.device == "cuda" else None)

@@ -1,0 +1,92 @@
+"""torchscript: trace (script as the fallback), freeze, optimize for inference; saved and reloaded.
+
+Tracing records one path through the model. A model with data-dependent control flow traces
+silently wrong, so the trace is checked against eager on other inputs (the trial's batch and a
+calibration batch); on a mismatch the model is scripted instead, and when scripting fails too the
+trial is pruned with the reason. Dict and tuple outputs are traced with strict=False.
+torch.ao int8 models (dynamic, FX static) survive tracing and freezing: this is the runtime that
+ships them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from ..errors import Unsupported
+from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, outputs_close, to_reference_dtypes
+
+REALIZES: frozenset = frozenset()
+
+
+def unavailable(value: str, device: str) -> str | None:
+    return None
+
+
+def conflict(config: dict, device: str) -> str | None:
+    return None
+
+
+def script_module(model, example_inputs: tuple, check_inputs: list[tuple]):
+    """A TorchScript module equivalent to `model` on `check_inputs`: traced, or scripted as fallback."""
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # every torch.jit API warns that it is deprecated
+        try:
+            traced = torch.jit.trace(model, example_inputs, strict=False, check_trace=False)
+            if all(outputs_close(traced(*x), model(*x)) for x in check_inputs):
+                return traced, "trace"
+        except Exception:  # noqa: BLE001 - scripting below is the fallback
+            pass
+        try:
+            scripted = torch.jit.script(model)
+        except Exception as exc:
+            raise Unsupported(
+                f"torchscript: tracing gives different results on other inputs (data-dependent control flow?) "
+                f"and scripting fails: {type(exc).__name__}"
+            ) from exc
+        if not all(outputs_close(scripted(*x), model(*x)) for x in check_inputs):
+            raise Unsupported("torchscript: neither the traced nor the scripted model matches eager")
+        return scripted, "script"
+
+
+def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
+    import torch
+
+    model = model.to(ctx.device).eval()
+    dtype = model_dtype(model)
+    cast = lambda xs: cast_inputs(xs, dtype, ctx.device)  # noqa: E731
+    checks = [cast(ctx.batch_inputs)] + [cast(b) for b in list(ctx.calibration())[:1]]
+    module, how = script_module(model, cast(ctx.example_inputs), checks)
+    path = os.path.join(ctx.workdir, "model.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.freeze(module.eval())
+        torch.jit.save(module, path)
+        try:
+            # optimize_for_inference prepacks MKLDNN conv weights, and some of those graphs cannot be
+            # loaded back: ship it only when the saved file loads, since the shipped file is what is measured.
+            optimized = torch.jit.optimize_for_inference(module)
+            torch.jit.save(optimized, candidate := path + ".optimized")
+            torch.jit.load(candidate)
+            os.replace(candidate, path)
+            how += "+optimize_for_inference"
+        except Exception:  # noqa: BLE001 - the frozen module is already saved and good
+            pass
+    return Prepared(os.path.getsize(path) / 1e6, artifact=path, state={"dtype": dtype, "how": how})
+
+
+def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(prepared.artifact, map_location=ctx.device)
+    dtype = prepared.state["dtype"]
+
+    def predict(*inputs):
+        with torch.no_grad():
+            return to_reference_dtypes(module(*cast_inputs(inputs, dtype, ctx.device)))
+
+    return Built(predict, sync=torch.cuda.synchronize if ctx.device == "cuda" else None)
