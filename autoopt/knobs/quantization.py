@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from ..errors import Unsupported
 from .base import Knob
 
@@ -23,8 +25,6 @@ TORCH_ENGINES = ("x86", "fbgemm")
 
 
 def supported_engines() -> list[str]:
-    import torch
-
     return list(torch.backends.quantized.supported_engines)
 
 
@@ -64,13 +64,31 @@ def _apply(model, config: dict, ctx):
         return model
     if runtime.startswith("inductor"):
         return _pt2e(model, mode, ctx)
-    if mode == "dynamic_int8":
-        return _torch_dynamic(model, per_channel)
-    return _fx_static(model, per_channel, ctx)
+    quantized = _torch_dynamic(model, per_channel) if mode == "dynamic_int8" else _fx_static(model, per_channel, ctx)
+    transformer_layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    if any(isinstance(m, transformer_layers) for m in model.modules()):
+        return RegularTransformerPath(quantized)
+    return quantized
+
+
+class RegularTransformerPath(torch.nn.Module):
+    """Runs a quantized model with PyTorch's fused transformer fast path off: the fast path's
+    eligibility checks read `.weight.device`, which quantized Linear layers no longer have."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *inputs):
+        enabled = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return self.inner(*inputs)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def _torch_dynamic(model, per_channel: bool):
-    import torch
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
@@ -82,7 +100,6 @@ def _torch_dynamic(model, per_channel: bool):
 
 
 def _fx_static(model, per_channel: bool, ctx):
-    import torch
     from torch.ao.quantization import QConfigMapping, default_qconfig, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -90,31 +107,34 @@ def _fx_static(model, per_channel: bool, ctx):
     mapping = get_default_qconfig_mapping("x86") if per_channel else QConfigMapping().set_global(default_qconfig)
     try:
         prepared = prepare_fx(copy.deepcopy(model), mapping, ctx.example_inputs)
-    except Exception as exc:  # symbolic tracing meets data-dependent control flow, for example
-        raise Unsupported(f"static_int8 (FX) cannot trace this model: {type(exc).__name__}") from exc
-    with torch.no_grad():
-        for batch in ctx.calibration():
-            prepared(*batch)
-    return convert_fx(prepared)
+        with torch.no_grad():
+            for batch in ctx.calibration():
+                prepared(*batch)
+        return convert_fx(prepared)
+    except Exception as exc:  # symbolic tracing meets control flow, observers meet integer inputs, ...
+        raise Unsupported(f"static_int8 (FX) cannot quantize this model: {type(exc).__name__}: {exc}"[:300]) from exc
 
 
 def _pt2e(model, mode: str, ctx):
-    import torch
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    try:
-        exported = torch.export.export(model, ctx.example_inputs).module()
-    except Exception as exc:
-        raise Unsupported(f"{mode} for inductor (PT2E) cannot export this model: {type(exc).__name__}") from exc
     quantizer = xiq.X86InductorQuantizer().set_global(
         xiq.get_default_x86_inductor_quantization_config(is_dynamic=mode == "dynamic_int8")
     )
-    prepared = prepare_pt2e(exported, quantizer)
-    with torch.no_grad():
-        for batch in ctx.calibration() if mode == "static_int8" else [ctx.example_inputs]:
-            prepared(*batch)
-    return convert_pt2e(prepared)
+    try:
+        batch = torch.export.Dim("batch")  # calibration and serving batches differ from the example's
+        exported = torch.export.export(model, ctx.example_inputs, dynamic_shapes=tuple({0: batch} for _ in ctx.example_inputs))
+        prepared = prepare_pt2e(exported.module(), quantizer)
+        with torch.no_grad():
+            for batch in ctx.calibration() if mode == "static_int8" else [ctx.example_inputs]:
+                prepared(*batch)
+        converted = convert_pt2e(prepared)
+    except Exception as exc:
+        raise Unsupported(f"{mode} for inductor (PT2E) cannot quantize this model: {type(exc).__name__}: {exc}"[:300]) from exc
+    allow_exported_model_train_eval(converted)  # the runtimes call .eval() on what they are given
+    return converted
 
 
 KNOB = Knob(

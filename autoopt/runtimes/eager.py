@@ -30,13 +30,15 @@ def predictor(model, device: str = "cpu"):
 
 
 def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
-    return Prepared(state_dict_mb(model), state={"model": model.eval()})
+    model.eval()  # a statement: exported (PT2E) models return None from eval()
+    return Prepared(state_dict_mb(model), state={"model": model})
 
 
 def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
     import torch
 
     # A copy, so that the served weights are allocated inside the memory measurement like a loaded file's.
-    model = copy.deepcopy(prepared.state["model"]).to(ctx.device).eval()
+    model = copy.deepcopy(prepared.state["model"]).to(ctx.device)
+    model.eval()
     sync = torch.cuda.synchronize if ctx.device == "cuda" else None
     return Built(predictor(model, ctx.device), sync=sync)

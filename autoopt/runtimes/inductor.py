@@ -30,7 +30,8 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True  # weights become constants: folds BN, enables int8 fusions
-    model = model.to(ctx.device).eval()
+    model = model.to(ctx.device)
+    model.eval()  # a statement: exported (PT2E) models return None from eval()
     dtype = model_dtype(model)
     compiled = torch.compile(model, mode=MODES[config["compile_mode"]])
     with torch.no_grad():

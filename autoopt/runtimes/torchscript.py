@@ -54,7 +54,8 @@ def script_module(model, example_inputs: tuple, check_inputs: list[tuple]):
 def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     import torch
 
-    model = model.to(ctx.device).eval()
+    model = model.to(ctx.device)
+    model.eval()  # a statement: exported (PT2E) models return None from eval()
     dtype = model_dtype(model)
     cast = lambda xs: cast_inputs(xs, dtype, ctx.device)  # noqa: E731
     checks = [cast(ctx.batch_inputs)] + [cast(b) for b in list(ctx.calibration())[:1]]
