@@ -51,6 +51,21 @@ def calibration_batches(pipeline) -> list[tuple]:
     return batches
 
 
+def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: str, batch_inputs: tuple):
+    """Model-level knobs, then the runtime's prepare: (runtime, Prepared, context, build seconds)."""
+    from . import knobs, runtimes
+
+    runtime = runtimes.get(config["compile_mode"])
+    ctx = runtimes.BuildContext(
+        device=device, threads=threads, workdir=workdir, example_inputs=pipeline.make_inputs(2),
+        batch_inputs=batch_inputs, calibration=lambda: calibration_batches(pipeline),
+    )
+    started = time.perf_counter()
+    model = knobs.apply_model_knobs(pipeline.build_model().eval(), config, ctx, runtime.REALIZES)
+    prepared = runtime.prepare(model, config, ctx)
+    return runtime, prepared, ctx, time.perf_counter() - started
+
+
 def run_trial(request: dict) -> dict:
     """The trial itself, inside the worker process."""
     from .cache import cache_dir
@@ -58,7 +73,6 @@ def run_trial(request: dict) -> dict:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir("inductor"))  # compiled kernels, reusable
     import torch
 
-    from . import knobs, runtimes
     from .accuracy import candidate_accuracy
     from .measure import PeakMemory, time_calls
     from .pipeline import load_pipeline
@@ -73,18 +87,8 @@ def run_trial(request: dict) -> dict:
             pipeline = cloudpickle.load(f)
     else:
         pipeline = load_pipeline(request["pipeline"])
-    runtime = runtimes.get(config["compile_mode"])
     inputs = tuple(t.to(device) for t in pipeline.make_inputs(int(config["batch_size"])))
-    ctx = runtimes.BuildContext(
-        device=device, threads=threads, workdir=request["workdir"], example_inputs=pipeline.make_inputs(2),
-        batch_inputs=inputs, calibration=lambda: calibration_batches(pipeline),
-    )
-
-    started = time.perf_counter()
-    model = knobs.apply_model_knobs(pipeline.build_model().eval(), config, ctx, runtime.REALIZES)
-    prepared = runtime.prepare(model, config, ctx)
-    del model
-    build_s = time.perf_counter() - started
+    runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request["workdir"], inputs)
 
     _release_free_memory()
     started = time.perf_counter()

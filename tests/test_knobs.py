@@ -205,3 +205,14 @@ def test_fp16_on_cuda():
     assert REGISTRY["precision"].unavailable("fp16", "cuda") is None
     model = knobs.apply_model_knobs(tiny().cuda(), {**knobs.reference_config(), "precision": "fp16"}, ctx())
     assert model(torch.randn(2, 8, device="cuda", dtype=torch.float16))["logits"].dtype == torch.float16
+
+
+def test_quantized_transformer_runs_the_regular_path():
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+    model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(3, 5, 32)
+    config = {**knobs.reference_config(), "quantization": "dynamic_int8"}
+    quantized = knobs.apply_model_knobs(model, config, ctx())
+    with torch.no_grad():
+        torch.testing.assert_close(quantized(x), model(x), atol=0.1, rtol=0.1)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored after the call

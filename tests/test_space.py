@@ -8,9 +8,14 @@ from autoopt.space import load_space
 def test_default_space_drops_fp16_on_cpu_with_a_note():
     space = load_space(None, "cpu")
     assert space.domains["precision"].choices == ("fp32", "bf16")
-    assert space.domains["compile_mode"].choices == ("eager", "torchscript", "onnxruntime")
+    assert space.domains["compile_mode"].choices == ("eager", "torchscript", "inductor", "onnxruntime")
     assert any("precision=fp16 dropped" in n and "CUDA" in n for n in space.notes)
     assert space.reference_config() == knobs.reference_config()
+
+
+@pytest.mark.parametrize("name", ["default", "cpu", "gpu"])
+def test_every_bundled_space_loads(name):
+    assert load_space(name, "cpu").domains
 
 
 def test_bundled_space_by_name():
@@ -83,7 +88,7 @@ def test_invalid_yaml_names_the_line(write_file):
 
 
 def test_missing_file():
-    with pytest.raises(ConfigError, match=r"Search space file nope.yaml not found. Expected a YAML file path or one of \['default'"):
+    with pytest.raises(ConfigError, match=r"Search space file nope.yaml not found. Expected a YAML file path or one of \['cpu', 'default', 'gpu'\]."):
         load_space("nope.yaml", "cpu")
 
 

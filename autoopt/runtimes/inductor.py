@@ -29,11 +29,19 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     import torch
     import torch._inductor.config as inductor_config
 
+    import torch._dynamo.config as dynamo_config
+
     inductor_config.freezing = True  # weights become constants: folds BN, enables int8 fusions
+    # Dynamo counts compiles per code object (a model class's forward) and silently runs eager past
+    # the limit: each served shape and each variant of the same class needs its own compile.
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 512)
     model = model.to(ctx.device)
     model.eval()  # a statement: exported (PT2E) models return None from eval()
     dtype = model_dtype(model)
-    compiled = torch.compile(model, mode=MODES[config["compile_mode"]])
+    # Static shapes: one compile per served batch size (a fixed-batch server), and no dynamic-shape
+    # kernels (those failed stride checks on int8 convolutions at batch 1 in torch 2.13).
+    compiled = torch.compile(model, mode=MODES[config["compile_mode"]], dynamic=False)
     with torch.no_grad():
         compiled(*cast_inputs(ctx.batch_inputs, dtype, ctx.device))  # compiles for the measured shape
     try:
