@@ -1,5 +1,7 @@
 """The small exception tree. Every user-facing problem is an AutoOptError with a one-line message."""
 
+from __future__ import annotations
+
 
 class AutoOptError(Exception):
     """Base class for errors autoopt reports to the user; `exit_code` is what the CLI exits with."""
@@ -22,4 +24,12 @@ class TrialError(AutoOptError):
 
 
 class Unsupported(AutoOptError):
-    """A configuration that cannot run here; the trial is PRUNED with this reason, not FAILED."""
+    """A configuration that cannot run here; the trial is PRUNED with this reason, not FAILED.
+
+    `scope` names the knob values that determine the failure (e.g. {"quantization": "static_int8",
+    "compile_mode": "eager"}): the sampler never proposes another configuration within it.
+    """
+
+    def __init__(self, message: str, scope: dict | None = None):
+        super().__init__(message)
+        self.scope = dict(scope or {})

@@ -1,9 +1,11 @@
 """A sampler wrapper that keeps the search budget for configurations worth measuring.
 
 It draws a whole configuration from the wrapped sampler (TPE by default) and draws again when the
-configuration repeats a finished trial (in canonical form: knobs that change nothing are ignored), or conflicts for a reason some earlier trial was already
-pruned for. So each kind of impossible combination costs at most one (cheap, pruned) trial and is
-never tried twice, while the Optuna search space itself stays fixed.
+configuration repeats a finished trial (in canonical form: knobs that change nothing are ignored),
+conflicts for a reason some earlier trial was already pruned for, or falls within the scope of a
+build-time failure (the knob values an `Unsupported` named, e.g. static_int8 on eager for a model FX
+cannot quantize). So each kind of impossible combination costs at most one (cheap, pruned) trial and
+is never tried twice, while the Optuna search space itself stays fixed.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ MAX_DRAWS = 64
 
 class ValidConfigSampler(BaseSampler):
     def __init__(self, inner: BaseSampler, distributions: dict, conflict: Callable[[dict], str | None],
-                 canonical: Callable[[dict], dict] = dict, seed: int | None = None):
+                 canonical: Callable[[dict], dict] = dict,
+                 in_scope: Callable[[dict, dict], bool] = lambda config, scope: all(config.get(k) == v for k, v in scope.items()),
+                 seed: int | None = None):
         self.inner = inner
         self.canonical = canonical
+        self.in_scope = in_scope
         # When the inner sampler has converged and only proposes what was measured, explore at random.
         self.fallback = RandomSampler(seed=seed)
         self.distributions = distributions
@@ -32,6 +37,7 @@ class ValidConfigSampler(BaseSampler):
         finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         seen = [self.canonical(t.params) for t in finished]
         pruned_for = {t.user_attrs.get("reason") for t in finished if t.state.name == "PRUNED"}
+        scopes = [t.user_attrs["pruned_scope"] for t in finished if t.user_attrs.get("pruned_scope")]
         params: dict = {}
         for sampler in (self.inner, self.fallback):
             for _ in range(MAX_DRAWS):
@@ -39,7 +45,9 @@ class ValidConfigSampler(BaseSampler):
                 for name, dist in search_space.items():
                     if name not in params:
                         params[name] = sampler.sample_independent(study, trial, name, dist)
-                if self.canonical(params) not in seen and self.conflict(params) not in pruned_for - {None}:
+                canonical = self.canonical(params)
+                if (canonical not in seen and self.conflict(params) not in pruned_for - {None}
+                        and not any(self.in_scope(params, scope) for scope in scopes)):
                     return params
         return params  # the space is exhausted: the study reuses or prunes it
 

@@ -87,7 +87,7 @@ def open_study(name: str, storage, seed: int | None, space, device: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = ValidConfigSampler(
         optuna.samplers.TPESampler(seed=seed), space.distributions(), lambda c: knobs.conflict(c, device),
-        knobs.canonical, seed=seed,
+        knobs.canonical, knobs.in_scope, seed=seed,
     )
     return optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True, sampler=sampler
@@ -121,9 +121,13 @@ def run(
         record = TrialRecord(trial.number, config, RUNNING, reference=bool(trial.user_attrs.get("reference")))
         _notify(listeners, "trial_started", record)
         reason = knobs.conflict(config, device)
-        previous = None if reason else _same_config(study, config)
+        failed_before = None if reason else _within_pruned_scope(study, config)
+        previous = None if reason or failed_before else _same_config(study, config)
         if reason:
             result = {"status": "pruned", "reason": reason, "metrics": {}}
+        elif failed_before is not None:  # only when the space is exhausted: the sampler avoids these
+            result = {"status": "pruned", "reason": f"{failed_before.user_attrs['reason']} (as trial {failed_before.number})",
+                      "metrics": {}, "scope": failed_before.user_attrs["pruned_scope"]}
         elif previous is not None:
             # Re-measuring an identical configuration costs a full trial and teaches the sampler nothing.
             result = {"status": "complete", "reason": None, "metrics": dict(previous.user_attrs["metrics"])}
@@ -151,6 +155,8 @@ def run(
             study.tell(trial, record.metrics["throughput"])
         elif result["status"] == "pruned":
             record.state = PRUNED
+            if result.get("scope"):
+                trial.set_user_attr("pruned_scope", result["scope"])
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             record.state = FAILED
@@ -163,6 +169,15 @@ def _same_config(study, config: dict):
     target = knobs.canonical(config)
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "COMPLETE" and "metrics" in t.user_attrs and knobs.canonical(t.params) == target:
+            return t
+    return None
+
+
+def _within_pruned_scope(study, config: dict):
+    """An earlier trial whose build-time failure covers this configuration, or None."""
+    for t in study.get_trials(deepcopy=False):
+        scope = t.user_attrs.get("pruned_scope")
+        if scope and knobs.in_scope(config, scope):
             return t
     return None
 

@@ -179,7 +179,7 @@ def main(argv: list[str]) -> int:
     try:
         result = run_trial(request)
     except Unsupported as exc:
-        result = {"status": "pruned", "reason": str(exc), "metrics": {}}
+        result = {"status": "pruned", "reason": str(exc), "metrics": {}, "scope": exc.scope}
     except Exception as exc:  # noqa: BLE001 - any failure of the candidate is this trial's result
         traceback.print_exc()
         summary = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()

@@ -104,3 +104,26 @@ def test_bad_arguments_are_config_errors(tmp_path):
         autoopt.search(TINY_MLP, study="it's mine", tracking_uri=str(tmp_path))
     with pytest.raises(autoopt.ConfigError, match=r"device must be one of \[auto, cpu, cuda\]. Got 'tpu'."):
         autoopt.search(TINY_MLP, device="tpu", tracking_uri=str(tmp_path))
+
+
+CONV_ONLY = """
+import torch, autoopt
+
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3), torch.nn.ReLU()).eval()
+
+PIPELINE = autoopt.Pipeline("conv_only", build, lambda b: (torch.randn(b, 2, 8),))
+"""
+
+
+def test_a_build_time_failure_costs_one_pruned_trial(tmp_path, write_file):
+    pipeline = write_file("conv_only.py", CONV_ONLY)
+    space = write_file("space.yaml", "quantization: [none, dynamic_int8]\nbatch_size: [1, 2, 4]\n")
+    # 6 combinations, 3 with dynamic_int8: the reference, one pruned build, then the 2 other plain ones
+    result = autoopt.search(pipeline, space=space, trials=4, seed=0, tracking_uri=str(tmp_path / "store"), **FAST)
+    pruned = [t for t in result.trials if t.state == "PRUNED"]
+    assert len(pruned) == 1 and "this model has none" in pruned[0].reason
+    assert result.study.trials[pruned[0].number].user_attrs["pruned_scope"] == {
+        "quantization": "dynamic_int8", "compile_mode": "eager"}
+    assert all(t.config["quantization"] == "none" for t in result.trials if t.state == "COMPLETE")

@@ -106,7 +106,8 @@ def test_canonical_form_ignores_knobs_that_change_nothing():
 
 
 @pytest.mark.parametrize("config, words", [
-    ({"precision": "bf16", "quantization": "static_int8"}, "starts from the fp32 model"),
+    ({"precision": "bf16", "quantization": "static_int8"}, "int8 quantization starts from the fp32 model"),
+    ({"precision": "bf16", "quantization": "dynamic_int8"}, "int8 quantization starts from the fp32 model"),
     ({"precision": "bf16", "compile_mode": "onnxruntime"}, "onnxruntime runs the fp32 export"),
     ({"quantization": "weight_only_int8", "compile_mode": "torchscript"}, "cannot be traced by TorchScript"),
     ({"quantization": "static_int8", "compile_mode": "inductor", "quant_granularity": "per_tensor"}, "per channel only"),

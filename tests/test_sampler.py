@@ -23,3 +23,21 @@ def test_skips_finished_configs_and_conflicts_already_pruned():
         assert params not in seen and conflict(params) is None
         seen.append(params)
         study.tell(t, 1.0)
+
+
+def test_skips_the_scope_of_a_build_time_failure():
+    dists = {"q": CategoricalDistribution(["none", "static"]), "rt": CategoricalDistribution(["eager", "ort"]),
+             "bs": CategoricalDistribution([1, 2, 4])}
+    study = optuna.create_study(sampler=ValidConfigSampler(optuna.samplers.RandomSampler(seed=3), dists,
+                                                           lambda c: None, seed=3))
+    study.enqueue_trial({"q": "static", "rt": "eager", "bs": 1})
+    t = study.ask()
+    for name, dist in dists.items():
+        t.suggest_categorical(name, dist.choices)
+    t.set_user_attr("pruned_scope", {"q": "static", "rt": "eager"})
+    study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    for _ in range(8):  # 12 combinations, 3 inside the scope: 9 remain, one seen
+        t = study.ask()
+        params = {name: t.suggest_categorical(name, dist.choices) for name, dist in dists.items()}
+        assert (params["q"], params["rt"]) != ("static", "eager")
+        study.tell(t, 1.0)

@@ -32,6 +32,12 @@ def canonical(config: dict) -> dict:
             for name, value in config.items()}
 
 
+def in_scope(config: dict, scope: dict) -> bool:
+    """Whether a configuration (compared in canonical form) has every knob value a failure's scope names."""
+    canonical_config = canonical(config)
+    return all(canonical_config.get(k) == v for k, v in scope.items())
+
+
 def conflict(config: dict, device: str) -> str | None:
     """Why this combination cannot work here (the trial is pruned before any build), or None."""
     for knob in REGISTRY.values():
@@ -48,4 +54,4 @@ def apply_model_knobs(model, config: dict, ctx, realized_by_runtime: frozenset =
     return model
 
 
-__all__ = ["Knob", "REGISTRY", "reference_config", "canonical", "conflict", "apply_model_knobs"]
+__all__ = ["Knob", "REGISTRY", "reference_config", "canonical", "in_scope", "conflict", "apply_model_knobs"]

@@ -16,6 +16,9 @@ from ..errors import Unsupported
 from .base import Knob
 
 
+SCOPE = {"pruning_method": "structured"}  # what a structured-pruning failure rules out
+
+
 def _apply(model, config: dict, ctx):
     amount = float(config["pruning_amount"])
     if amount == 0:
@@ -57,10 +60,10 @@ def _structured(model, amount: float, example_inputs: tuple):
         with torch.no_grad():
             after = model(*example_inputs)
     except Exception as exc:
-        raise Unsupported(f"structured pruning cannot handle this model: {type(exc).__name__}: {exc}"[:300]) from exc
+        raise Unsupported(f"structured pruning cannot handle this model: {type(exc).__name__}: {exc}"[:300], SCOPE) from exc
     shapes = lambda out: [(tuple(t.shape)) for t in pytree.tree_leaves(out)]  # noqa: E731
     if pytree.tree_structure(after) != pytree.tree_structure(before) or shapes(after) != shapes(before):
-        raise Unsupported("structured pruning changed the model's output shapes; it cannot prune this model safely")
+        raise Unsupported("structured pruning changed the model's output shapes; it cannot prune this model safely", SCOPE)
     return model
 
 

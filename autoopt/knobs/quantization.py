@@ -33,7 +33,8 @@ def _conflict(config: dict, device: str) -> str | None:
     if mode == "none":
         return None
     if config.get("precision", "fp32") != "fp32":
-        return f"quantization={mode} starts from the fp32 model; it does not combine with precision={config['precision']}"
+        # One reason for every int8 mode: the sampler then never proposes another int8 + half pairing.
+        return f"int8 quantization starts from the fp32 model; it does not combine with precision={config['precision']}"
     runtime = config.get("compile_mode", "eager")
     if runtime == "onnxruntime":
         return None
@@ -63,8 +64,9 @@ def _apply(model, config: dict, ctx):
         quantize_(model, Int8WeightOnlyConfig())
         return model
     if runtime.startswith("inductor"):
-        return _pt2e(model, mode, ctx)
-    quantized = _torch_dynamic(model, per_channel) if mode == "dynamic_int8" else _fx_static(model, per_channel, ctx)
+        return _pt2e(model, mode, ctx, {"quantization": mode, "compile_mode": runtime})
+    scope = {"quantization": mode, "compile_mode": runtime}
+    quantized = _torch_dynamic(model, per_channel, scope) if mode == "dynamic_int8" else _fx_static(model, per_channel, ctx, scope)
     transformer_layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
     if any(isinstance(m, transformer_layers) for m in model.modules()):
         return RegularTransformerPath(quantized)
@@ -88,18 +90,18 @@ class RegularTransformerPath(torch.nn.Module):
             torch.backends.mha.set_fastpath_enabled(enabled)
 
 
-def _torch_dynamic(model, per_channel: bool):
+def _torch_dynamic(model, per_channel: bool, scope: dict):
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     targets = (torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU)
     if not any(isinstance(m, targets) for m in model.modules()):
-        raise Unsupported("dynamic_int8 quantizes Linear/LSTM/GRU layers and this model has none")
+        raise Unsupported("dynamic_int8 quantizes Linear/LSTM/GRU layers and this model has none", scope)
     torch.backends.quantized.engine = "x86"
     return quantize_dynamic(model, {t: qconfig for t in targets}, dtype=torch.qint8)
 
 
-def _fx_static(model, per_channel: bool, ctx):
+def _fx_static(model, per_channel: bool, ctx, scope: dict):
     from torch.ao.quantization import QConfigMapping, default_qconfig, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -112,10 +114,10 @@ def _fx_static(model, per_channel: bool, ctx):
                 prepared(*batch)
         return convert_fx(prepared)
     except Exception as exc:  # symbolic tracing meets control flow, observers meet integer inputs, ...
-        raise Unsupported(f"static_int8 (FX) cannot quantize this model: {type(exc).__name__}: {exc}"[:300]) from exc
+        raise Unsupported(f"static_int8 (FX) cannot quantize this model: {type(exc).__name__}: {exc}"[:300], scope) from exc
 
 
-def _pt2e(model, mode: str, ctx):
+def _pt2e(model, mode: str, ctx, scope: dict):
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -132,7 +134,8 @@ def _pt2e(model, mode: str, ctx):
                 prepared(*batch)
         converted = convert_pt2e(prepared)
     except Exception as exc:
-        raise Unsupported(f"{mode} for inductor (PT2E) cannot quantize this model: {type(exc).__name__}: {exc}"[:300]) from exc
+        raise Unsupported(f"{mode} for inductor (PT2E) cannot quantize this model: {type(exc).__name__}: {exc}"[:300],
+                          scope) from exc
     allow_exported_model_train_eval(converted)  # the runtimes call .eval() on what they are given
     return converted
 

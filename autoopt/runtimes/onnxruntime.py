@@ -92,7 +92,8 @@ def _fuse_transformer(src: str, dst: str) -> None:
     optimized = optimizer.optimize_model(src, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     if not any(op in fused for op in TRANSFORMER_FUSIONS):
-        raise Unsupported("graph_fusion=transformer: no attention, LayerNorm or GELU pattern in this graph to fuse")
+        raise Unsupported("graph_fusion=transformer: no attention, LayerNorm or GELU pattern in this graph to fuse",
+                          {"compile_mode": "onnxruntime", "graph_fusion": "transformer"})
     optimized.save_model_to_file(dst)
 
 
@@ -132,7 +133,8 @@ def _quantize(src: str, dst: str, config: dict, names: list[str], ctx: BuildCont
 
         graph = onnx.load(pre)
         if not any(node.op_type == "MatMul" for node in graph.graph.node):
-            raise Unsupported("weight_only_int8 on onnxruntime quantizes MatMul weights and this graph has none")
+            raise Unsupported("weight_only_int8 on onnxruntime quantizes MatMul weights and this graph has none",
+                              {"compile_mode": "onnxruntime", "quantization": "weight_only_int8"})
         quantizer = MatMulNBitsQuantizer(graph, bits=8, block_size=32, is_symmetric=True)
         quantizer.process()
         quantizer.model.save_model_to_file(dst)

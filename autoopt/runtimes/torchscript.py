@@ -27,7 +27,7 @@ def conflict(config: dict, device: str) -> str | None:
     return None
 
 
-def script_module(model, example_inputs: tuple, check_inputs: list[tuple]):
+def script_module(model, example_inputs: tuple, check_inputs: list[tuple], scope: dict | None = None):
     """A TorchScript module equivalent to `model` on `check_inputs`: traced, or scripted as fallback."""
     import torch
 
@@ -44,10 +44,10 @@ def script_module(model, example_inputs: tuple, check_inputs: list[tuple]):
         except Exception as exc:
             raise Unsupported(
                 f"torchscript: tracing gives different results on other inputs (data-dependent control flow?) "
-                f"and scripting fails: {type(exc).__name__}"
+                f"and scripting fails: {type(exc).__name__}", scope
             ) from exc
         if not all(outputs_close(scripted(*x), model(*x)) for x in check_inputs):
-            raise Unsupported("torchscript: neither the traced nor the scripted model matches eager")
+            raise Unsupported("torchscript: neither the traced nor the scripted model matches eager", scope)
         return scripted, "script"
 
 
@@ -59,7 +59,9 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     dtype = model_dtype(model)
     cast = lambda xs: cast_inputs(xs, dtype, ctx.device)  # noqa: E731
     checks = [cast(ctx.batch_inputs)] + [cast(b) for b in list(ctx.calibration())[:1]]
-    module, how = script_module(model, cast(ctx.example_inputs), checks)
+    scope = {"compile_mode": "torchscript", "quantization": config.get("quantization", "none"),
+             "precision": config.get("precision", "fp32")}
+    module, how = script_module(model, cast(ctx.example_inputs), checks, scope)
     path = os.path.join(ctx.workdir, "model.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
