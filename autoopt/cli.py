@@ -29,16 +29,10 @@ def _fail(exc: AutoOptError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-ALWAYS_SHOWN = ("batch_size", "compile_mode")
-
-
 def _describe(config: dict) -> str:
-    """batch_size, compile_mode, and every knob that differs from its baseline (canonical form)."""
-    from .knobs import REGISTRY, canonical
+    from .knobs import describe  # imports torch: only once a search runs
 
-    shown = canonical(config)
-    return " ".join(f"{k}={v}" for k, v in shown.items()
-                    if k in ALWAYS_SHOWN or k not in REGISTRY or v != REGISTRY[k].baseline)
+    return describe(config)
 
 
 class Progress:

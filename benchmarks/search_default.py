@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import autoopt
+from autoopt.knobs import describe
 
 
 class Clock:
@@ -63,11 +64,11 @@ def main() -> None:
     def fmt(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
 
-    print(f"{'trial':>5} {'state':<9} {'configuration':<48} {'wall s':>7} {'build s':>7} {'meas s':>7} "
+    print(f"{'trial':>5} {'state':<9} {'configuration (baseline knobs omitted)':<80} {'wall s':>7} {'build s':>7} {'meas s':>7} "
           f"{'acc s':>6} {'ovh s':>6} {'samples/s':>10} {'speedup':>8}")
     for r in rows:
-        cfg = " ".join(f"{k}={v}" for k, v in r["config"].items())
-        print(f"{r['trial']:>5} {r['state']:<9} {cfg:<48} {fmt(r['wall_s']):>7} {fmt(r['build_s']):>7} "
+        cfg = describe(r["config"])
+        print(f"{r['trial']:>5} {r['state']:<9} {cfg:<80} {fmt(r['wall_s']):>7} {fmt(r['build_s']):>7} "
               f"{fmt(r['measure_s']):>7} {fmt(r['accuracy_s']):>6} {fmt(r['overhead_s']):>6} "
               f"{fmt(r['throughput'], ',.0f'):>10} {fmt(r['speedup']):>8}")
     overheads = [r["overhead_s"] for r in rows if r["overhead_s"] is not None]

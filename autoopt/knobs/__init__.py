@@ -32,6 +32,16 @@ def canonical(config: dict) -> dict:
             for name, value in config.items()}
 
 
+ALWAYS_SHOWN = ("batch_size", "compile_mode")
+
+
+def describe(config: dict) -> str:
+    """A short description: batch size, runtime, and every knob that differs from its baseline."""
+    shown = canonical(config)
+    return " ".join(f"{k}={v}" for k, v in shown.items()
+                    if k in ALWAYS_SHOWN or k not in REGISTRY or v != REGISTRY[k].baseline)
+
+
 def in_scope(config: dict, scope: dict) -> bool:
     """Whether a configuration (compared in canonical form) has every knob value a failure's scope names."""
     canonical_config = canonical(config)
@@ -54,4 +64,5 @@ def apply_model_knobs(model, config: dict, ctx, realized_by_runtime: frozenset =
     return model
 
 
-__all__ = ["Knob", "REGISTRY", "reference_config", "canonical", "in_scope", "conflict", "apply_model_knobs"]
+__all__ = ["Knob", "REGISTRY", "reference_config", "canonical", "describe", "in_scope", "conflict",
+           "apply_model_knobs"]
