@@ -28,6 +28,23 @@ def cache_dir(kind: str) -> str:
     return path
 
 
+def cached_state_dict(name: str, train) -> dict:
+    """A model's weights from cache_dir("weights")/<name>.pt, calling `train()` (which returns an
+    nn.Module) and caching its state_dict on first use. Written atomically, so parallel workers never
+    read a half-written file; loaded with weights_only=True. Put a version in `name` and change it
+    when the architecture or the recipe changes."""
+    import torch
+
+    path = os.path.join(cache_dir("weights"), f"{name}.pt")
+    if not os.path.exists(path):
+        state = train().state_dict()
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    return torch.load(path, weights_only=True)
+
+
 def model_fingerprint(model, example_inputs: tuple, **extra) -> str:
     """A key for everything an artifact built from `model` depends on: its structure, every weight
     byte, the input shapes past the batch axis, and `extra` (knob values, versions)."""

@@ -9,8 +9,6 @@ repository; later runs load them with ``weights_only=True``.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -77,21 +75,9 @@ def _train() -> DigitsCNN:
     return model.eval()
 
 
-def _weights_path() -> str:
-    return os.path.join(autoopt.cache_dir("weights"), f"digits_cnn-v{WEIGHTS_VERSION}.pt")
-
-
 def build_model() -> nn.Module:
-    path = _weights_path()
-    if not os.path.exists(path):
-        state = _train().state_dict()
-        # Write then rename: parallel workers never read a half-written file.
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
     model = DigitsCNN()
-    model.load_state_dict(torch.load(path, weights_only=True))
+    model.load_state_dict(autoopt.cached_state_dict(f"digits_cnn-v{WEIGHTS_VERSION}", _train))
     return model.eval()
 
 

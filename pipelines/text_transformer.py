@@ -13,8 +13,6 @@ gets to look good against a deliberately slow eager model.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -89,15 +87,8 @@ def _train() -> TextTransformer:
 
 
 def build_model() -> nn.Module:
-    path = os.path.join(autoopt.cache_dir("weights"), f"text_transformer-v{WEIGHTS_VERSION}.pt")
-    if not os.path.exists(path):
-        state = _train().state_dict()
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # parallel workers never read a half-written file
     model = TextTransformer()
-    model.load_state_dict(torch.load(path, weights_only=True))
+    model.load_state_dict(autoopt.cached_state_dict(f"text_transformer-v{WEIGHTS_VERSION}", _train))
     return model.eval()
 
 

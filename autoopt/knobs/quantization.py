@@ -63,10 +63,13 @@ def _apply(model, config: dict, ctx):
 
         quantize_(model, Int8WeightOnlyConfig())
         return model
+    scope = {"quantization": mode, "compile_mode": runtime}  # what a failure here rules out
     if runtime.startswith("inductor"):
-        return _pt2e(model, mode, ctx, {"quantization": mode, "compile_mode": runtime})
-    scope = {"quantization": mode, "compile_mode": runtime}
-    quantized = _torch_dynamic(model, per_channel, scope) if mode == "dynamic_int8" else _fx_static(model, per_channel, ctx, scope)
+        return _pt2e(model, mode, ctx, scope)
+    if mode == "dynamic_int8":
+        quantized = _torch_dynamic(model, per_channel, scope)
+    else:
+        quantized = _fx_static(model, per_channel, ctx, scope)
     transformer_layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
     if any(isinstance(m, transformer_layers) for m in model.modules()):
         return RegularTransformerPath(quantized)
