@@ -14,10 +14,14 @@ from .pipeline import Pipeline, bundled_pipelines, load_pipeline  # noqa: E402
 
 def __getattr__(name):
     # search() pulls in torch, optuna and MLflow: import it on first use so `autoopt --help` stays fast.
-    if name in ("search", "SearchResult"):
+    if name in ("search", "SearchResult", "export"):
         from . import api
 
         return getattr(api, name)
+    if name == "load":
+        from .loader import load
+
+        return load
     if name == "knobs":
         import importlib
 
@@ -26,6 +30,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Pipeline", "search", "SearchResult", "load_pipeline", "bundled_pipelines", "cache_dir", "cached_state_dict",
+    "Pipeline", "search", "SearchResult", "export", "load", "load_pipeline", "bundled_pipelines", "cache_dir", "cached_state_dict",
     "AutoOptError", "ConfigError", "PipelineError", "Unsupported", "__version__",
 ]

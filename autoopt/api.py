@@ -14,12 +14,13 @@ from pathlib import Path
 from . import __version__
 from .accuracy import reference_accuracy
 from .errors import ConfigError
+from .bundle import FORMATS, export_trial, select_trial
 from .pipeline import Pipeline, check_pipeline, load_pipeline
 from .space import load_space
 from .knobs.threads import available_cores
 from .study import (COMPLETE, Targets, TrialRecord, closest_infeasible, known_accuracy, open_study, pareto_front,
                     ranked_feasible, records, run)
-from .tracking import Tracker, resolve_store, runs_url
+from .tracking import Tracker, log_exported_model, resolve_store, runs_url
 from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
 from .worker import run_isolated
 
@@ -38,6 +39,7 @@ class SearchResult:
     experiment_id: str
     parent_run_id: str
     interrupted: bool = False  # Ctrl-C stopped the search; `trials` holds what finished
+    exported: object = None  # the ExportResult when the search was asked to export
 
     @property
     def reference(self) -> TrialRecord | None:
@@ -85,6 +87,9 @@ def search(
     device: str = "auto",
     trial_timeout: str | float = "10m",
     min_time: str | float = "1s",
+    export: str | None = None,
+    out: str | os.PathLike | None = None,
+    register: str | None = None,
     listeners: list | tuple = (),
 ) -> SearchResult:
     """Search for the fastest configuration of `pipeline` that meets the targets.
@@ -99,6 +104,9 @@ def search(
     study / storage: the Optuna study name and storage (default: a journal file in the MLflow store).
     tracking_uri: MLflow tracking URI, or a directory for a local store (default: ./mlruns).
     device: "auto", "cpu" or "cuda". Intra-op threads are the `threads` knob of the space.
+    export / out / register: after the search, export the best feasible trial as "onnx" or
+    "torchscript" to `out` (and register it in MLflow under `register`); the search then only samples
+    the runtime that format ships, so the measured model and the shipped model are the same thing.
     listeners: objects with optional trial_started(record) / trial_finished(record) methods.
     """
     targets = Targets(
@@ -114,6 +122,8 @@ def search(
     if study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
         raise ConfigError(f"study must be a name of letters, digits, '_', '.' and '-'. Got {study!r}.")
     device = resolve_device(device)
+    if export is not None and export not in FORMATS:
+        raise ConfigError(f"export must be one of [{', '.join(FORMATS)}]. Got {export!r}.")
 
     pipe = load_pipeline(pipeline)
     log.info("Checking pipeline %s (the first use may train or download its model)…", pipe.name)
@@ -125,7 +135,12 @@ def search(
 
     uri, store = resolve_store(tracking_uri)
     study_name = study or f"{pipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    optuna_study = open_study(study_name, _storage(storage, store), seed, search_space, device)
+    required = None
+    if export is not None:  # the reference stays eager; every sampled trial runs what the format ships
+        required = {"compile_mode": FORMATS[export]}
+        domain = search_space.domains["compile_mode"]
+        search_space.domains["compile_mode"] = type(domain)("compile_mode", choices=("eager", FORMATS[export]))
+    optuna_study = open_study(study_name, _storage(storage, store), seed, search_space, device, required)
     tracker = Tracker(uri, store, pipe.name)
     tracker.start_study(study_name, {
         "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory",
@@ -133,6 +148,12 @@ def search(
         "target_latency_ms": targets.latency_ms, "target_memory_mb": targets.memory_mb,
         "max_accuracy_drop": targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
         **_versions(),
+    })
+    # What a later `autoopt export` needs to rebuild, verify and trace any trial of this study.
+    optuna_study.set_user_attr("autoopt", {
+        "pipeline": pipe.source, "device": device, "space": search_space.source, "tracking_uri": uri,
+        "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_run_id,
+        "reference_accuracy": ref_accuracy, "max_accuracy_drop": targets.max_accuracy_drop,
     })
     with tempfile.TemporaryDirectory(prefix="autoopt-") as tmp:
         request = {"pipeline": pipe.source, "pipeline_pickle": _pickle_if_needed(pipe, tmp),
@@ -160,6 +181,59 @@ def search(
         )
         tracker.finish_study(result.best, result.trials, pareto_front(result.trials), targets.max_accuracy_drop,
                              Path(tmp), interrupted)
+    if export is not None and not interrupted:
+        try:
+            chosen = select_trial(optuna_study, None, export)
+        except ConfigError as exc:  # nothing exportable met the targets: reported like no feasible trial
+            log.warning("Nothing exported: %s", exc)
+        else:
+            result.exported = _export_and_log(optuna_study, chosen, export, out or Path("exports") / study_name,
+                                              register, pipe)
+    return result
+
+
+def export(study: str, *, trial: int | None = None, format: str = "onnx", out: str | os.PathLike | None = None,
+           tracking_uri: str | os.PathLike | None = None, storage: str | None = None, register: str | None = None,
+           pipeline: Pipeline | None = None):
+    """Export a finished trial of `study` (default: the best feasible one) as a verified bundle.
+
+    format: "onnx" or "torchscript"; the trial must have run on that format's runtime.
+    out: the bundle directory (default exports/<study>). register: an MLflow registered-model name.
+    pipeline: needed only when the study searched an in-memory Pipeline (no file to reload).
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of [{', '.join(FORMATS)}]. Got {format!r}.")
+    optuna_study = load_study(study, tracking_uri, storage)
+    chosen = select_trial(optuna_study, trial, format)
+    if pipeline is None and not optuna_study.user_attrs.get("autoopt", {}).get("pipeline"):
+        raise ConfigError(f"Study {study} searched an in-memory pipeline: pass pipeline= to export it.")
+    return _export_and_log(optuna_study, chosen, format, out or Path("exports") / study, register, pipeline)
+
+
+def trials(study: str, *, tracking_uri: str | os.PathLike | None = None, storage: str | None = None) -> list[TrialRecord]:
+    """The trials of a study (state, config, metrics, feasibility), for `autoopt trials`."""
+    return records(load_study(study, tracking_uri, storage))
+
+
+def load_study(name: str, tracking_uri=None, storage: str | None = None):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _, store = resolve_store(tracking_uri)
+    backend = _storage(storage, store)
+    try:
+        return optuna.load_study(study_name=name, storage=backend)
+    except KeyError:
+        known = optuna.get_all_study_names(backend)
+        raise ConfigError(f"No study named {name!r} in this storage. Studies: {known}.") from None
+
+
+def _export_and_log(optuna_study, chosen: TrialRecord, fmt: str, out, register: str | None, pipeline):
+    result = export_trial(optuna_study, chosen, fmt, out, pipeline)
+    meta = optuna_study.user_attrs.get("autoopt", {})
+    if meta.get("parent_run_id"):
+        result.manifest["mlflow_model_uri"] = log_exported_model(
+            meta["tracking_uri"], meta["parent_run_id"], result.path, result.manifest, register)
     return result
 
 

@@ -20,7 +20,7 @@ from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_mem
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the fastest deployable version of a PyTorch model that meets your targets.")
 # Piped output (CI logs, files) gets room for the summary table instead of the 80-column default.
-out = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
@@ -106,6 +106,10 @@ def search(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     trial_timeout: str = typer.Option("10m", help="Time limit of one trial: 10m, 600s."),
     min_time: str = typer.Option("1s", help="Timed calls of one trial last at least this long (more = steadier)."),
+    export: Optional[str] = typer.Option(None, help="After the search, export the best trial: onnx or torchscript "
+                                                    "(the search then only samples the runtime it ships)."),
+    out: Optional[str] = typer.Option(None, help="Bundle directory of --export (default: exports/<study>)."),
+    register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
 ) -> None:
     """Search for the fastest configuration that meets the targets; log every trial to MLflow."""
     from . import api
@@ -120,20 +124,20 @@ def search(
             timeout=None if timeout is None else parse_duration_s(timeout, "--timeout"),
             seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
             trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
-            min_time=parse_duration_s(min_time, "--min-time"),
-            listeners=[Progress(out, trials)],
+            min_time=parse_duration_s(min_time, "--min-time"), export=export, out=out, register=register,
+            listeners=[Progress(console, trials)],
         )
     except AutoOptError as exc:
         _fail(exc)
     except KeyboardInterrupt:  # before the study started: nothing to report
         err.print("interrupted")
         raise typer.Exit(130)
-    out.print(_summary(result))
+    console.print(_summary(result))
     if result.interrupted:
         err.print(f"Interrupted: the study holds {len(result.trials)} trials; "
                   f"run again with --study {result.study_name} to continue.", highlight=False)
         raise typer.Exit(130)
-    out.print(f"MLflow: {result.tracking_uri}  (browse with `autoopt ui`)", highlight=False)
+    console.print(f"MLflow: {result.tracking_uri}  (browse with `autoopt ui`)", highlight=False)
     best = result.best
     if best is None:
         closest = result.closest
@@ -143,9 +147,72 @@ def search(
                              + "; ".join(result.violations(closest)) + "."), highlight=False)
         raise typer.Exit(3)
     speedup = result.speedup(best)
-    out.print(f"[bold green]Best:[/] trial {best.number} ({escape(_describe(best.config))}): "
-              f"{best.metrics['throughput']:,.0f} samples/s"
-              + (f", {speedup:.2f}x the reference" if speedup else ""), highlight=False)
+    console.print(f"[bold green]Best:[/] trial {best.number} ({escape(_describe(best.config))}): "
+                  f"{best.metrics['throughput']:,.0f} samples/s"
+                  + (f", {speedup:.2f}x the reference" if speedup else ""), highlight=False)
+    if export:
+        if result.exported is None:
+            err.print(f"[bold red]Nothing exported:[/] no feasible trial ran on the runtime --export {export} ships.")
+            raise typer.Exit(3)
+        _print_export(result.exported)
+
+
+def _print_export(exported) -> None:
+    v, m = exported.manifest["verification"], exported.manifest
+    console.print(f"[bold green]Exported[/] trial {m['source']['trial']} to {exported.path} ({m['format']}, "
+                  f"{m['metrics']['model_size_mb']:.2f} MB): verified in a fresh process without autoopt, max abs "
+                  f"error {v['max_abs_error']:.2g}, cosine {v['min_cosine']:.6f}, accuracy {v['accuracy']:.4f}; "
+                  f"latency p50 {v['fresh_process_latency_ms_p50']:.2f} ms there vs {m['metrics']['latency_ms_p50']:.2f} ms "
+                  f"in the search", highlight=False)
+    if m.get("mlflow_model_uri"):
+        console.print(f"MLflow model: {m['mlflow_model_uri']}", highlight=False)
+
+
+@app.command("export")
+def export_command(
+    study: str = typer.Option(..., help="The study to export from."),
+    trial: Optional[int] = typer.Option(None, help="Trial number (default: the best feasible trial for the format)."),
+    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out: Optional[str] = typer.Option(None, help="Bundle directory (default: exports/<study>)."),
+    register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
+) -> None:
+    """Export a finished trial as a verified ONNX or TorchScript bundle (model file + autoopt.json)."""
+    from . import api
+
+    try:
+        exported = api.export(study, trial=trial, format=format, out=out, tracking_uri=tracking_uri,
+                              storage=storage, register=register)
+    except AutoOptError as exc:
+        _fail(exc)
+    _print_export(exported)
+
+
+@app.command()
+def trials(
+    study: str = typer.Option(..., help="The study to list."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
+) -> None:
+    """A table of a study's trials: state, configuration, metrics, feasibility."""
+    from . import api
+
+    try:
+        records = api.trials(study, tracking_uri=tracking_uri, storage=storage)
+    except AutoOptError as exc:
+        _fail(exc)
+    table = Table(title=f"Study {study}")
+    for col in ("trial", "state", "configuration (baseline knobs omitted)", "p95 ms", "samples/s", "peak MB",
+                "accuracy", "drop", "feasible / reason"):
+        table.add_column(col, justify="left" if col.startswith(("configuration", "state", "feasible")) else "right")
+    for t in records:
+        m = t.metrics
+        cells = [f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}", f"{m['peak_memory_mb']:.1f}",
+                 f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}"] if m else ["-"] * 5
+        note = ("yes" if t.feasible else "no") if t.state == "COMPLETE" else (t.reason or "")
+        table.add_row(str(t.number), t.state, escape(_describe(t.config)), *cells, escape(note))
+    console.print(table)
 
 
 @app.command()
@@ -160,7 +227,7 @@ def ui(
     uri, _ = tracking.resolve_store(tracking_uri)
     base = f"http://127.0.0.1:{port}"
     proc = tracking.start_ui(uri, port=port)
-    out.print(f"Starting the MLflow UI on {base} (store {uri}) …", highlight=False)
+    console.print(f"Starting the MLflow UI on {base} (store {uri}) …", highlight=False)
     try:
         deadline = time.monotonic() + 120
         while not _healthy(base):
@@ -175,10 +242,10 @@ def ui(
         url = tracking.study_url(uri, base, study)
         if url is None:
             note = f"no study named {study!r}" if study else "no study yet"
-            out.print(f"MLflow UI: {base}  ({note} in this store)", highlight=False)
+            console.print(f"MLflow UI: {base}  ({note} in this store)", highlight=False)
         else:
-            out.print(f"MLflow UI: {url}", highlight=False, soft_wrap=True)
-        out.print("Press Ctrl-C to stop.")
+            console.print(f"MLflow UI: {url}", highlight=False, soft_wrap=True)
+        console.print("Press Ctrl-C to stop.")
         proc.wait()
     except KeyboardInterrupt:
         proc.terminate()

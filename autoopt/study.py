@@ -58,6 +58,7 @@ class TrialRecord:
     reference: bool = False
     reused_from: int | None = None
     log_path: str | None = None  # the worker's log while the trial is being reported
+    run_id: str | None = None  # the trial's MLflow run, set by the tracker
 
     @property
     def feasible(self) -> bool:
@@ -75,10 +76,11 @@ class TrialRecord:
             reason=trial.user_attrs.get("reason"),
             reference=bool(trial.user_attrs.get("reference")),
             reused_from=trial.user_attrs.get("reused_from"),
+            run_id=trial.user_attrs.get("mlflow_run_id"),
         )
 
 
-def open_study(name: str, storage, seed: int | None, space, device: str):
+def open_study(name: str, storage, seed: int | None, space, device: str, required: dict | None = None):
     """Create or resume the study; TPE (constraint-aware) behind the valid-configuration filter."""
     import optuna
 
@@ -87,7 +89,7 @@ def open_study(name: str, storage, seed: int | None, space, device: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = ValidConfigSampler(
         optuna.samplers.TPESampler(seed=seed), space.distributions(), lambda c: knobs.conflict(c, device),
-        knobs.canonical, knobs.in_scope, seed=seed,
+        knobs.canonical, knobs.in_scope, seed=seed, required=required,
     )
     return optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True, sampler=sampler
@@ -120,6 +122,8 @@ def run(
         config = space.suggest(trial)
         record = TrialRecord(trial.number, config, RUNNING, reference=bool(trial.user_attrs.get("reference")))
         _notify(listeners, "trial_started", record)
+        if record.run_id:
+            trial.set_user_attr("mlflow_run_id", record.run_id)
         reason = knobs.conflict(config, device)
         failed_before = None if reason else _within_pruned_scope(study, config)
         previous = None if reason or failed_before else _same_config(study, config)

@@ -97,7 +97,7 @@ class Tracker:
                 "autoopt.reference": str(record.reference).lower(),
             },
         )
-        self._runs[record.number] = run.info.run_id
+        self._runs[record.number] = record.run_id = run.info.run_id
         self._log(run.info.run_id, params=record.config)
 
     def trial_finished(self, record: TrialRecord) -> None:
@@ -216,3 +216,35 @@ def study_url(tracking_uri: str, base: str, study_name: str | None = None) -> st
         return None
     run = found[0]
     return runs_url(base, run.info.experiment_id, run.data.tags["autoopt.study"])
+
+
+def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, manifest: dict,
+                       register: str | None = None) -> str:
+    """Log the bundle's model on the study's parent run with the flavor that fits (onnx or pytorch),
+    an input example and explicit requirements (inferring them takes seconds); optionally register it.
+    The manifest goes along as an artifact. Returns the logged model's URI."""
+    import numpy as np
+
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    example = {i["name"]: np.zeros([1, *i["shape"][1:]], dtype=i["dtype"]) for i in manifest["inputs"]}
+    model_file = str(bundle / manifest["model_file"])
+    with mlflow.start_run(run_id=parent_run_id):
+        if manifest["format"] == "onnx":
+            import onnx
+
+            info = mlflow.onnx.log_model(
+                onnx.load(model_file), name="model", input_example=example,
+                pip_requirements=["onnxruntime", "onnx", "numpy"], onnx_execution_providers=["CPUExecutionProvider"],
+            )
+        else:
+            import torch
+
+            # ScriptModules are logged pickled: MLflow's default pt2 format refuses them.
+            info = mlflow.pytorch.log_model(
+                torch.jit.load(model_file), name="model", serialization_format="pickle", pip_requirements=["torch"],
+            )
+        mlflow.log_artifact(str(bundle / "autoopt.json"), artifact_path="export")
+    if register:
+        mlflow.register_model(info.model_uri, register)
+    return info.model_uri

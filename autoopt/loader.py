@@ -1,0 +1,43 @@
+"""`autoopt.load(DIR)`: a predict callable for an exported bundle, with the runtime settings it was
+measured with (threads, ORT session options) and the reference model's output structure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load(path):
+    import torch
+    from torch.utils import _pytree as pytree
+
+    from .runtimes.base import cast_inputs, to_reference_dtypes
+
+    bundle = Path(path)
+    manifest = json.loads((bundle / "autoopt.json").read_text())
+    spec = pytree.treespec_loads(manifest["outputs"]["pytree"])
+    names = [i["name"] for i in manifest["inputs"]]
+    runtime = manifest["runtime"]
+    model_file = str(bundle / manifest["model_file"])
+    if manifest["format"] == "onnx":
+        from .runtimes.onnxruntime import session
+
+        sess = session(model_file, runtime["threads"], "cpu", runtime["graph_fusion"])
+
+        def predict(*inputs):
+            feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}
+            flat = [torch.from_numpy(a) for a in sess.run(None, feed)]
+            return to_reference_dtypes(pytree.tree_unflatten(flat, spec))
+
+        return predict
+    torch.set_num_threads(runtime["threads"])
+    module = torch.jit.load(model_file)
+    dtype = getattr(torch, runtime["dtype"])
+
+    def predict(*inputs):
+        with torch.no_grad():
+            out = module(*cast_inputs(inputs, dtype, "cpu"))
+        # TorchScript returns lists where the model returned tuples: restore the reference structure.
+        return to_reference_dtypes(pytree.tree_unflatten(pytree.tree_leaves(out), spec))
+
+    return predict

@@ -1,0 +1,125 @@
+"""Export: bundles that load and match in a fresh process without autoopt, with manifest and MLflow model."""
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+import autoopt
+from autoopt.cli import app
+from conftest import FAST, TINY_DICT
+
+NESTED = str(__import__("pathlib").Path(__file__).parent / "pipelines" / "tiny_nested.py")
+SPACE = "batch_size: [1, 4]\ncompile_mode: [eager, onnxruntime, torchscript]\n"
+
+
+@pytest.fixture(scope="module")
+def onnx_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    (root / "space.yaml").write_text(SPACE)
+    result = autoopt.search(TINY_DICT, space=str(root / "space.yaml"), trials=3, seed=0, study="exp-onnx",
+                            tracking_uri=str(root / "store"), export="onnx", out=str(root / "bundle"),
+                            register="tiny-dict", **FAST)
+    return result, root
+
+
+def test_search_with_export_onnx_writes_a_verified_bundle(onnx_study):
+    result, root = onnx_study
+    assert all(t.config["compile_mode"] == "onnxruntime" for t in result.trials if not t.reference)
+    bundle = root / "bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == ["autoopt.json", "model.onnx"]
+    manifest = json.loads((bundle / "autoopt.json").read_text())
+    assert manifest["format"] == "onnx" and manifest["config"]["compile_mode"] == "onnxruntime"
+    assert [i["name"] for i in manifest["inputs"]] == ["features", "mask"]
+    assert manifest["inputs"][0]["shape"] == ["batch", 5, 8]
+    assert manifest["outputs"]["paths"] == ["logits", "pooled"]
+    assert manifest["source"]["study"] == "exp-onnx" and manifest["source"]["mlflow_run_id"]
+    assert {"torch", "onnxruntime", "autoopt"} <= set(manifest["versions"])
+    v = manifest["verification"]
+    assert v["min_cosine"] > 0.9999 and v["max_abs_error"] < 1e-4 and v["fresh_process_latency_ms_p50"] > 0
+    assert abs(v["accuracy"] - manifest["metrics"]["accuracy"]) <= 0.005
+
+
+def test_load_restores_the_dict_structure(onnx_study):
+    _, root = onnx_study
+    pipe = autoopt.load_pipeline(TINY_DICT)
+    inputs = pipe.make_inputs(6)
+    out = autoopt.load(root / "bundle")(*inputs)
+    expected = pipe.build_model()(*inputs)
+    assert isinstance(out, dict) and set(out) == {"logits", "pooled"}
+    torch.testing.assert_close(out["logits"], expected["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_exported_model_is_logged_and_registered(onnx_study):
+    result, root = onnx_study
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'store'}/mlflow.db")
+    versions = client.search_model_versions("name='tiny-dict'")
+    assert len(versions) == 1
+    assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"export", "pareto_front.csv"}
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'store'}/mlflow.db")
+    loaded = mlflow.pyfunc.load_model("models:/tiny-dict/1")
+    pipe = autoopt.load_pipeline(TINY_DICT)
+    features, mask = (t.numpy() for t in pipe.make_inputs(2))
+    assert set(loaded.predict({"features": features, "mask": mask})) == {"output_0", "output_1"}
+
+
+def test_a_format_the_trial_cannot_carry_names_the_closest_exportable_trial(onnx_study):
+    result, root = onnx_study
+    number = next(t.number for t in result.trials if t.config["compile_mode"] == "onnxruntime")
+    with pytest.raises(autoopt.ConfigError, match="has no feasible trial that ran on torchscript"):
+        autoopt.export("exp-onnx", format="torchscript", out=str(root / "x"), tracking_uri=str(root / "store"))
+    with pytest.raises(autoopt.ConfigError, match=rf"Trial 0 ran on compile_mode=eager, which --format onnx cannot "
+                                                  rf"carry \(it needs compile_mode=onnxruntime\): the closest exportable trial is {number}"):
+        autoopt.export("exp-onnx", trial=0, format="onnx", out=str(root / "x"), tracking_uri=str(root / "store"))
+    assert not (root / "x").exists()
+
+
+def test_a_failed_export_leaves_nothing_behind(onnx_study, monkeypatch):
+    from autoopt import bundle
+
+    _, root = onnx_study
+
+    def broken(*args, **kwargs):
+        raise bundle.ExportError("simulated verification failure")
+
+    monkeypatch.setattr(bundle, "_verify", broken)
+    with pytest.raises(bundle.ExportError, match="simulated"):
+        autoopt.export("exp-onnx", format="onnx", out=str(root / "failed"), tracking_uri=str(root / "store"))
+    assert not (root / "failed").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".failed")]
+
+
+def test_torchscript_bundle_of_nested_outputs_and_a_data_dependent_branch(tmp_path, write_file):
+    space = write_file("space.yaml", SPACE)
+    result = autoopt.search(NESTED, space=space, trials=3, seed=0, study="exp-ts", tracking_uri=str(tmp_path / "store"),
+                            export="torchscript", out=str(tmp_path / "bundle"), **FAST)
+    manifest = result.exported.manifest
+    assert manifest["format"] == "torchscript" and (tmp_path / "bundle" / "model.pt").exists()
+    assert manifest["outputs"]["paths"] == ["logits", "extra.0", "extra.1"]
+    assert manifest["built_by"].startswith("script")  # the trace was caught taking one branch
+    pipe = autoopt.load_pipeline(NESTED)
+    predict = autoopt.load(tmp_path / "bundle")
+    for batch in (3, 4):  # odd and even batches take different branches: scripted, not traced
+        inputs = pipe.make_inputs(batch)
+        out, expected = predict(*inputs), pipe.build_model()(*inputs)
+        assert isinstance(out["extra"], tuple)
+        torch.testing.assert_close(out["logits"], expected["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_export_and_trials(onnx_study):
+    _, root = onnx_study
+    runner = CliRunner()
+    listed = runner.invoke(app, ["trials", "--study", "exp-onnx", "--tracking-uri", str(root / "store")])
+    assert listed.exit_code == 0 and "Study exp-onnx" in listed.output and "COMPLETE" in listed.output
+    done = runner.invoke(app, ["export", "--study", "exp-onnx", "--format", "onnx", "--out", str(root / "cli"),
+                               "--tracking-uri", str(root / "store")])
+    assert done.exit_code == 0, done.output
+    assert "verified in a fresh process without autoopt" in done.output and (root / "cli" / "model.onnx").exists()
+    bad = runner.invoke(app, ["export", "--study", "exp-onnx", "--format", "tflite", "--tracking-uri", str(root / "store")])
+    assert bad.exit_code == 2 and "--format must be one of [onnx, torchscript]. Got 'tflite'." in bad.output
+    missing = runner.invoke(app, ["trials", "--study", "nope", "--tracking-uri", str(root / "store")])
+    assert missing.exit_code == 2 and "No study named 'nope'" in missing.output
