@@ -240,9 +240,12 @@ def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, mani
         else:
             import torch
 
-            # ScriptModules are logged pickled: MLflow's default pt2 format refuses them.
+            # ScriptModules are logged pickled: MLflow's default pt2 format refuses them. The pytorch
+            # pyfunc takes one tensor, so only a single-input model gets an input example.
+            single = next(iter(example.values())) if len(example) == 1 else None
             info = mlflow.pytorch.log_model(
                 torch.jit.load(model_file), name="model", serialization_format="pickle", pip_requirements=["torch"],
+                input_example=single,
             )
         mlflow.log_artifact(str(bundle / "autoopt.json"), artifact_path="export")
     if register:
