@@ -20,16 +20,9 @@ def load(path):
     runtime = manifest["runtime"]
     model_file = str(bundle / manifest["model_file"])
     if manifest["format"] == "onnx":
-        from .runtimes.onnxruntime import session
+        from .runtimes.onnxruntime import predictor, session
 
-        sess = session(model_file, runtime["threads"], "cpu", runtime["graph_fusion"])
-
-        def predict(*inputs):
-            feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}
-            flat = [torch.from_numpy(a) for a in sess.run(None, feed)]
-            return to_reference_dtypes(pytree.tree_unflatten(flat, spec))
-
-        return predict
+        return predictor(session(model_file, runtime["threads"], "cpu", runtime["graph_fusion"]), names, spec)
     torch.set_num_threads(runtime["threads"])
     module = torch.jit.load(model_file)
     dtype = getattr(torch, runtime["dtype"])

@@ -192,16 +192,19 @@ def session(path: str, threads: int, device: str = "cpu", graph_fusion: str = "b
     return onnxruntime.InferenceSession(path, options, providers=_providers(device))
 
 
-def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
+def predictor(sess, names: list[str], spec):
+    """predict(*tensors) over an ORT session: feeds by input name, restores the output structure."""
     import torch
     from torch.utils import _pytree as pytree
-
-    names, spec = prepared.state["input_names"], prepared.state["output_spec"]
-    sess = session(prepared.artifact, ctx.threads, ctx.device, config.get("graph_fusion", "basic"))
 
     def predict(*inputs):
         feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)}
         flat = [torch.from_numpy(a) for a in sess.run(None, feed)]
         return to_reference_dtypes(pytree.tree_unflatten(flat, spec))
 
-    return Built(predict)
+    return predict
+
+
+def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
+    sess = session(prepared.artifact, ctx.threads, ctx.device, config.get("graph_fusion", "basic"))
+    return Built(predictor(sess, prepared.state["input_names"], prepared.state["output_spec"]))
