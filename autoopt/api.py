@@ -140,7 +140,8 @@ def search(
         required = {"compile_mode": FORMATS[export]}
         domain = search_space.domains["compile_mode"]
         search_space.domains["compile_mode"] = type(domain)("compile_mode", choices=("eager", FORMATS[export]))
-    optuna_study = open_study(study_name, _storage(storage, store), seed, search_space, device, required)
+    backend = _storage(storage, store)
+    optuna_study = open_study(study_name, backend, seed, search_space, device, required)
     tracker = Tracker(uri, store, pipe.name)
     tracker.start_study(study_name, {
         "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory",
@@ -171,7 +172,7 @@ def search(
 
         interrupted = False
         try:
-            run(optuna_study, search_space, evaluate, targets, trials, timeout_s, device, [tracker, *listeners])
+            run(optuna_study, search_space, evaluate, targets, trials, timeout_s, device, [tracker, *listeners], backend)
         except KeyboardInterrupt:
             interrupted = True  # the running trial is already stopped and marked; report what finished
         result = SearchResult(
@@ -257,11 +258,11 @@ def _seconds(value, option: str) -> float:
 
 def _storage(storage: str | None, store: Path | None):
     """An Optuna storage: an RDB URL as given, else a journal file (safe for several processes)."""
-    from optuna.storages import JournalStorage
+    from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     if storage and "://" in storage:
-        return storage
+        return RDBStorage(storage)
     path = Path(storage) if storage else (store or Path("mlruns").resolve()) / "optuna.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))

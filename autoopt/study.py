@@ -7,6 +7,8 @@ Listeners (MLflow tracking, progress output) are told when a trial starts and fi
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,6 +17,7 @@ from . import knobs
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
 INTERRUPTED = "interrupted by the user"  # the reason of a trial stopped by Ctrl-C
+ABANDONED = "abandoned: the search process running it died (killed?); recovered when the study resumed"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def run(
     timeout_s: float | None,
     device: str,
     listeners: list,
+    storage=None,
 ) -> None:
     """Ask/tell until the study holds `n_trials` finished trials or `timeout_s` has passed.
 
@@ -112,13 +116,16 @@ def run(
     """
     import optuna
 
-    if not study.trials:
+    _recover_abandoned(study, storage, listeners)
+    if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING")
+               for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
     started = time.monotonic()
     while sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) < n_trials:
         if timeout_s is not None and time.monotonic() - started >= timeout_s:
             break
         trial = study.ask()
+        trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
         config = space.suggest(trial)
         record = TrialRecord(trial.number, config, RUNNING, reference=bool(trial.user_attrs.get("reference")))
         _notify(listeners, "trial_started", record)
@@ -166,6 +173,39 @@ def run(
             record.state = FAILED
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         _notify(listeners, "trial_finished", record)
+
+
+def _recover_abandoned(study, storage, listeners: list) -> None:
+    """Trials left RUNNING by a search process of this host that no longer exists (kill -9, power
+    loss) become FAILED with a reason, and listeners close their runs. Trials of live processes and
+    of other hosts are left alone: on one machine the owner's pid answers for it; across machines use
+    an RDB storage with Optuna's heartbeat."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner") or {}
+        if owner.get("host") != socket.gethostname() or _alive(owner.get("pid")):
+            continue
+        if storage is not None:
+            study_id = storage.get_study_id_from_name(study.study_name)
+            storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+                                        "reason", ABANDONED)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        record = TrialRecord(t.number, dict(t.params), FAILED, reason=ABANDONED,
+                             reference=bool(t.user_attrs.get("reference")), run_id=t.user_attrs.get("mlflow_run_id"))
+        _notify(listeners, "trial_recovered", record)
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _same_config(study, config: dict):

@@ -100,6 +100,13 @@ class Tracker:
         self._runs[record.number] = record.run_id = run.info.run_id
         self._log(run.info.run_id, params=record.config)
 
+    def trial_recovered(self, record: TrialRecord) -> None:
+        """A trial abandoned by a dead search process: close its run (if it got one) as FAILED."""
+        if record.run_id:
+            self._log(record.run_id, tags={"autoopt.state": record.state, "autoopt.feasible": "false",
+                                           "autoopt.reason": record.reason})
+            self.client.set_terminated(record.run_id, status="FAILED")
+
     def trial_finished(self, record: TrialRecord) -> None:
         run_id = self._runs.pop(record.number)
         tags = {"autoopt.state": record.state, "autoopt.feasible": str(record.feasible).lower()}

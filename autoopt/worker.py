@@ -173,7 +173,16 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def _die_with_parent() -> None:
+    """A search killed hard (kill -9) must not leave its worker running (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
+    _die_with_parent()
     request_path, result_path = argv
     request = json.loads(Path(request_path).read_text())
     try:

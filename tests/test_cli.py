@@ -116,3 +116,59 @@ def test_ctrl_c_stops_the_trial_marks_it_and_exits_130(tmp_path, write_file):
     runs = client.search_runs([client.get_experiment_by_name("hangs").experiment_id])
     statuses = {r.data.tags["autoopt.role"]: r.info.status for r in runs}
     assert statuses == {"trial": "KILLED", "study": "KILLED"}
+
+
+HANGS_WHILE_ENABLED = """
+import os, time, torch, autoopt
+
+class Hangs(torch.nn.Module):
+    def forward(self, x):
+        if x.shape[0] == 1 and os.path.exists({enabled!r}):  # the reference trial, in the worker
+            open({marker!r}, "w").close()
+            time.sleep(600)
+        return x * 2
+
+PIPELINE = autoopt.Pipeline("hangs_once", Hangs, lambda b: (torch.randn(b, 3),))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, write_file):
+    import os
+    import signal
+    import time
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    enabled, marker = tmp_path / "hang-enabled", tmp_path / "in-forward"
+    enabled.touch()
+    path = write_file("hangs_once.py", HANGS_WHILE_ENABLED.format(enabled=str(enabled), marker=str(marker)))
+    space = write_file("space.yaml", "batch_size: [1, 2, 4]\n")
+    args = [sys.executable, "-m", "autoopt", "search", path, "--study", "k9", "--trials", "3", "--space", space,
+            "--tracking-uri", str(tmp_path / "store"), *FAST]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    enabled.unlink()
+    time.sleep(1)  # the worker dies with its parent (PR_SET_PDEATHSIG)
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "store" / "optuna.journal")))
+    trials = optuna.load_study(study_name="k9", storage=storage).trials
+    assert [t.state.name for t in trials][0] == "FAIL" and "abandoned" in trials[0].user_attrs["reason"]
+    assert sum(t.state.name == "COMPLETE" for t in trials) >= 2 and len(trials) == 3
+    assert any(t.user_attrs.get("reference") and t.state.name == "COMPLETE" for t in trials)  # re-enqueued
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store'}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("hangs_once").experiment_id])
+    children = [r for r in runs if r.data.tags["autoopt.role"] == "trial"]
+    assert sorted(int(r.data.tags["autoopt.trial"]) for r in children) == [0, 1, 2]  # one run per trial
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in children if r.data.tags["autoopt.trial"] == "0"} == {"FAILED"}
