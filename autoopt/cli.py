@@ -239,12 +239,15 @@ def ui(
                 err.print("[bold red]error:[/] the MLflow UI did not answer within 120 s.")
                 raise typer.Exit(1)
             time.sleep(0.5)
-        url = tracking.study_url(uri, base, study)
-        if url is None:
+        urls = tracking.study_urls(uri, base, study)
+        if urls is None:
             note = f"no study named {study!r}" if study else "no study yet"
             console.print(f"MLflow UI: {base}  ({note} in this store)", highlight=False)
         else:
-            console.print(f"MLflow UI: {url}", highlight=False, soft_wrap=True)
+            console.print(f"Trials of study {urls['study']} (every knob and metric): {urls['compare']}",
+                          highlight=False, soft_wrap=True)
+            console.print(f"MLflow UI: {urls['runs']}  (the runs table: expand the study's row to see its trials)",
+                          highlight=False, soft_wrap=True)
         console.print("Press Ctrl-C to stop.")
         proc.wait()
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ artifacts (mlruns/artifacts). MLflow is imported lazily (it costs seconds) and i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -206,8 +207,11 @@ def runs_url(base: str, experiment_id: str, study_name: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
-def study_url(tracking_uri: str, base: str, study_name: str | None = None) -> str | None:
-    """runs_url of the named study, or of the latest one in the store; None when there is none."""
+def study_urls(tracking_uri: str, base: str, study_name: str | None = None) -> dict | None:
+    """URLs of the named study (or the latest one in the store), None when there is none:
+    "compare": MLflow's compare page over the study's trials (every knob and metric, a parallel
+    coordinates plot); "runs": the experiment's runs table filtered to the study, where MLflow shows the
+    trials collapsed under the study's run (its expand state lives in the browser, not in the URL)."""
     _mlflow()
     from mlflow.tracking import MlflowClient
 
@@ -221,8 +225,11 @@ def study_url(tracking_uri: str, base: str, study_name: str | None = None) -> st
     found = client.search_runs(experiments, where, order_by=["attributes.start_time DESC"], max_results=1)
     if not found:
         return None
-    run = found[0]
-    return runs_url(base, run.info.experiment_id, run.data.tags["autoopt.study"])
+    experiment_id, name = found[0].info.experiment_id, found[0].data.tags["autoopt.study"]
+    trials = client.search_runs([experiment_id], runs_filter(name), max_results=1000)
+    query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in trials]),
+                                    "experiments": json.dumps([experiment_id])}, quote_via=urllib.parse.quote)
+    return {"study": name, "compare": f"{base}/#/compare-runs?{query}", "runs": runs_url(base, experiment_id, name)}
 
 
 def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, manifest: dict,

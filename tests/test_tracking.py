@@ -41,15 +41,20 @@ def test_ui_serves_the_study_runs_over_rest(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        url, lines, deadline = None, [], time.monotonic() + 150
+        url, compare, lines, deadline = None, None, [], time.monotonic() + 150
         while url is None and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             lines.append(line)
+            if line.startswith("Trials of study ui-study"):
+                compare = line.split(": ", 1)[1].strip()
             if line.startswith("MLflow UI: http"):
-                url = line.split("MLflow UI: ", 1)[1].strip()
-        assert url, "".join(lines)
+                url = line.split("MLflow UI: ", 1)[1].split("  ")[0].strip()
+        assert url and compare, "".join(lines)
+        trial_ids = {t.run_id for t in result.trials}
+        assert compare.startswith(f"http://127.0.0.1:{port}/#/compare-runs?runs=")
+        assert all(run_id in urllib.parse.unquote(compare) for run_id in trial_ids)
         base = f"http://127.0.0.1:{port}"
         assert url.startswith(f"{base}/#/experiments/{result.experiment_id}/runs?searchFilter=")
         assert "ui-study" in urllib.parse.unquote(url)
