@@ -11,7 +11,7 @@ def load(path):
     import torch
     from torch.utils import _pytree as pytree
 
-    from .runtimes.base import cast_inputs, to_reference_dtypes
+    from .runtimes.base import torch_predictor
 
     bundle = Path(path)
     manifest = json.loads((bundle / "autoopt.json").read_text())
@@ -25,12 +25,4 @@ def load(path):
         return predictor(session(model_file, runtime["threads"], "cpu", runtime["graph_fusion"]), names, spec)
     torch.set_num_threads(runtime["threads"])
     module = torch.jit.load(model_file)
-    dtype = getattr(torch, runtime["dtype"])
-
-    def predict(*inputs):
-        with torch.no_grad():
-            out = module(*cast_inputs(inputs, dtype, "cpu"))
-        # TorchScript returns lists where the model returned tuples: restore the reference structure.
-        return to_reference_dtypes(pytree.tree_unflatten(pytree.tree_leaves(out), spec))
-
-    return predict
+    return torch_predictor(module, getattr(torch, runtime["dtype"]), "cpu", spec)

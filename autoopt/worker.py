@@ -62,6 +62,7 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     )
     started = time.perf_counter()
     model = knobs.apply_model_knobs(pipeline.build_model().eval(), config, ctx, runtime.REALIZES)
+    model.eval()  # a statement: exported (PT2E) models return None from eval()
     prepared = runtime.prepare(model, config, ctx)
     return runtime, prepared, ctx, time.perf_counter() - started
 

@@ -2,7 +2,7 @@
 
 A runtime module provides `unavailable(device)`, `conflict(config, device)`, a REALIZES set of the
 knobs it realizes itself (model-level `apply` is skipped for those), and two steps:
-- `prepare(model, config, ctx) -> Prepared`: the offline work (export, quantization, compilation)
+- `prepare(model, config, ctx) -> Prepared` (the model in eval mode): the offline work (export, quantization, compilation)
   that produces what would be shipped, and its size; timed as `build_s`;
 - `load(prepared, config, ctx) -> Built`: what a server does with it (load, create a session).
 Peak memory is measured over `load` plus the timed calls, so export machinery is not counted.
@@ -44,6 +44,25 @@ def output_spec(outputs):
     from torch.utils import _pytree as pytree
 
     return pytree.tree_flatten(outputs)[1]
+
+
+def torch_predictor(module, dtype, device: str, spec=None, grad_mode=None):
+    """predict(*inputs) over a torch callable: floating inputs cast to the model's dtype on its device,
+    outputs fp32 on CPU; with `spec`, the reference's output structure restored (TorchScript returns
+    lists where the model returned tuples)."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    mode = grad_mode or torch.no_grad
+
+    def predict(*inputs):
+        with mode():
+            out = module(*cast_inputs(inputs, dtype, device))
+        if spec is not None:
+            out = pytree.tree_unflatten(pytree.tree_leaves(out), spec)
+        return to_reference_dtypes(out)
+
+    return predict
 
 
 def to_reference_dtypes(outputs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, to_reference_dtypes
+from .base import BuildContext, Built, Prepared, model_dtype, state_dict_mb, torch_predictor
 
 REALIZES: frozenset = frozenset()
 
@@ -20,17 +20,10 @@ def conflict(config: dict, device: str) -> str | None:
 def predictor(model, device: str = "cpu"):
     import torch
 
-    dtype = model_dtype(model)
-
-    def predict(*inputs):
-        with torch.inference_mode():
-            return to_reference_dtypes(model(*cast_inputs(inputs, dtype, device)))
-
-    return predict
+    return torch_predictor(model, model_dtype(model), device, grad_mode=torch.inference_mode)
 
 
 def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
-    model.eval()  # a statement: exported (PT2E) models return None from eval()
     return Prepared(state_dict_mb(model), state={"model": model})
 
 

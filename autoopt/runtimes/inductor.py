@@ -9,7 +9,7 @@ the serving growth (activations, workspaces) without the weights.
 
 from __future__ import annotations
 
-from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, to_reference_dtypes
+from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, torch_predictor
 
 REALIZES: frozenset = frozenset()
 MODES = {"inductor": "default", "inductor_max_autotune": "max-autotune", "inductor_reduce_overhead": "reduce-overhead"}
@@ -37,7 +37,6 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 512)
     model = model.to(ctx.device)
-    model.eval()  # a statement: exported (PT2E) models return None from eval()
     dtype = model_dtype(model)
     # Static shapes: one compile per served batch size (a fixed-batch server), and no dynamic-shape
     # kernels (those failed stride checks on int8 convolutions at batch 1 in torch 2.13).
@@ -54,10 +53,5 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
 def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
     import torch
 
-    compiled, dtype = prepared.state["compiled"], prepared.state["dtype"]
-
-    def predict(*inputs):
-        with torch.no_grad():
-            return to_reference_dtypes(compiled(*cast_inputs(inputs, dtype, ctx.device)))
-
+    predict = torch_predictor(prepared.state["compiled"], prepared.state["dtype"], ctx.device)
     return Built(predict, sync=torch.cuda.synchronize if ctx.device == "cuda" else None)

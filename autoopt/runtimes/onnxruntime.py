@@ -146,7 +146,6 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     from torch.utils import _pytree as pytree
 
     model = model.cpu()
-    model.eval()  # a statement: exported (PT2E) models return None from eval()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     fusion, quant = config.get("graph_fusion", "basic"), config.get("quantization", "none")
     cache = ArtifactCache("onnx")

@@ -14,7 +14,7 @@ import os
 import warnings
 
 from ..errors import Unsupported
-from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, outputs_close, to_reference_dtypes
+from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, output_spec, outputs_close, torch_predictor
 
 REALIZES: frozenset = frozenset()
 
@@ -55,7 +55,6 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     import torch
 
     model = model.to(ctx.device)
-    model.eval()  # a statement: exported (PT2E) models return None from eval()
     dtype = model_dtype(model)
     cast = lambda xs: cast_inputs(xs, dtype, ctx.device)  # noqa: E731
     checks = [cast(ctx.batch_inputs)] + [cast(b) for b in list(ctx.calibration())[:1]]
@@ -77,7 +76,9 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
             how += "+optimize_for_inference"
         except Exception:  # noqa: BLE001 - the frozen module is already saved and good
             pass
-    return Prepared(os.path.getsize(path) / 1e6, artifact=path, state={"dtype": dtype, "how": how})
+    with torch.no_grad():
+        spec = output_spec(model(*cast(ctx.example_inputs)))
+    return Prepared(os.path.getsize(path) / 1e6, artifact=path, state={"dtype": dtype, "how": how, "output_spec": spec})
 
 
 def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
@@ -86,10 +87,5 @@ def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(prepared.artifact, map_location=ctx.device)
-    dtype = prepared.state["dtype"]
-
-    def predict(*inputs):
-        with torch.no_grad():
-            return to_reference_dtypes(module(*cast_inputs(inputs, dtype, ctx.device)))
-
+    predict = torch_predictor(module, prepared.state["dtype"], ctx.device, prepared.state["output_spec"])
     return Built(predict, sync=torch.cuda.synchronize if ctx.device == "cuda" else None)
