@@ -45,9 +45,7 @@ class Targets:
             return f"latency p95 {bound + excess:.2f} ms is over the {bound:g} ms target by {excess:.2f} ms{share}"
         if name == "memory":
             return f"peak memory {bound + excess:.1f} MB is over the {bound:g} MB target by {excess:.1f} MB{share}"
-        return (
-            f"accuracy drop {bound + excess:.4f} is over the allowed {bound:g} by {excess:.4f}"
-        )
+        return f"accuracy drop {bound + excess:.4f} is over the allowed {bound:g} by {excess:.4f}"
 
 
 @dataclass
@@ -210,11 +208,7 @@ def _alive(pid) -> bool:
 
 def _same_config(study, config: dict):
     """An earlier complete trial that built and measured the same thing (same canonical config)."""
-    target = knobs.canonical(config)
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name == "COMPLETE" and "metrics" in t.user_attrs and knobs.canonical(t.params) == target:
-            return t
-    return None
+    return _earlier_complete(study, config)
 
 
 def _within_pruned_scope(study, config: dict):
@@ -233,13 +227,20 @@ NUMERICS_FREE = ("batch_size", "threads")
 
 def known_accuracy(study, config: dict) -> float | None:
     """The accuracy an earlier trial measured for the same numerics, or None."""
+    earlier = _earlier_complete(study, config, ignoring=NUMERICS_FREE)
+    return earlier.user_attrs["metrics"]["accuracy"] if earlier else None
+
+
+def _earlier_complete(study, config: dict, ignoring: tuple = ()):
+    """An earlier complete, measured trial whose canonical configuration equals this one's, knobs in
+    `ignoring` aside; None when there is none."""
     def key(c: dict) -> dict:
-        return {k: v for k, v in knobs.canonical(c).items() if k not in NUMERICS_FREE}
+        return {k: v for k, v in knobs.canonical(c).items() if k not in ignoring}
 
     target = key(config)
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "COMPLETE" and "metrics" in t.user_attrs and key(t.params) == target:
-            return t.user_attrs["metrics"]["accuracy"]
+            return t
     return None
 
 
@@ -268,10 +269,10 @@ def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
 
 
 def ranked_feasible(trials: list[TrialRecord]) -> list[TrialRecord]:
-    """Feasible trials by throughput, best first; a configuration appears once."""
+    """Feasible trials by throughput, best first; a configuration appears once (in canonical form)."""
     seen, out = set(), []
     for t in sorted((t for t in trials if t.feasible), key=lambda t: -t.metrics["throughput"]):
-        key = tuple(sorted(t.config.items()))
+        key = tuple(sorted(knobs.canonical(t.config).items()))
         if key not in seen:
             seen.add(key)
             out.append(t)
