@@ -14,12 +14,12 @@ from pathlib import Path
 from . import __version__
 from .accuracy import reference_accuracy
 from .errors import ConfigError
-from .bundle import FORMATS, export_trial, select_trial
+from .bundle import FORMATS, export_trial, package_versions, select_trial
 from .pipeline import Pipeline, check_pipeline, load_pipeline
 from .space import load_space
 from .knobs.threads import available_cores
-from .study import (COMPLETE, Targets, TrialRecord, closest_infeasible, known_accuracy, open_study, pareto_front,
-                    ranked_feasible, records, run)
+from .study import (COMPLETE, Targets, TrialRecord, closest_infeasible, known_accuracy, open_study, ranked_feasible,
+                    records, run)
 from .tracking import Tracker, log_exported_model, resolve_store, runs_url
 from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
 from .worker import run_isolated
@@ -148,13 +148,12 @@ def search(
         "space": search_space.source, "device": device, "seed": seed,
         "target_latency_ms": targets.latency_ms, "target_memory_mb": targets.memory_mb,
         "max_accuracy_drop": targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
-        **_versions(),
+        **{f"{name}_version": v or "not installed"
+           for name, v in package_versions("autoopt", "torch", "optuna", "onnxruntime", "mlflow").items()},
     })
-    # What a later `autoopt export` needs to rebuild, verify and trace any trial of this study.
+    # What a later `autoopt export` needs to rebuild a trial and log the model beside the study.
     optuna_study.set_user_attr("autoopt", {
-        "pipeline": pipe.source, "device": device, "space": search_space.source, "tracking_uri": uri,
-        "experiment_id": tracker.experiment_id, "parent_run_id": tracker.parent_run_id,
-        "reference_accuracy": ref_accuracy, "max_accuracy_drop": targets.max_accuracy_drop,
+        "pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id,
     })
     with tempfile.TemporaryDirectory(prefix="autoopt-") as tmp:
         request = {"pipeline": pipe.source, "pipeline_pickle": _pickle_if_needed(pipe, tmp),
@@ -180,8 +179,7 @@ def search(
             trials=records(optuna_study), reference_accuracy=ref_accuracy, tracking_uri=uri,
             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, interrupted=interrupted,
         )
-        tracker.finish_study(result.best, result.trials, pareto_front(result.trials), targets.max_accuracy_drop,
-                             Path(tmp), interrupted)
+        tracker.finish_study(result.best, result.trials, targets.max_accuracy_drop, Path(tmp), interrupted)
     if export is not None and not interrupted:
         try:
             chosen = select_trial(optuna_study, None, export)
@@ -294,15 +292,3 @@ def _importable(name: str) -> bool:
     if name == "__main__":
         return False
     return top in sys.builtin_module_names or importlib.machinery.PathFinder.find_spec(top) is not None
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"autoopt_version": __version__}
-    for name in ("torch", "optuna", "onnxruntime", "mlflow"):
-        try:
-            out[f"{name}_version"] = version(name)
-        except PackageNotFoundError:
-            out[f"{name}_version"] = "not installed"
-    return out

@@ -52,9 +52,10 @@ def _flat(outputs, prefix: str = "") -> dict:
     return out
 
 
-def _versions() -> dict:
+def package_versions(*names: str) -> dict:
+    """{package: installed version or None}."""
     out = {}
-    for name in ("autoopt", "torch", "onnxruntime", "onnx"):
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -67,20 +68,18 @@ def select_trial(study, number: int | None, fmt: str):
     from .study import ranked_feasible, records
 
     trials = records(study)
+    carried = [t for t in ranked_feasible(trials) if t.config.get("compile_mode") == FORMATS[fmt]]
     if number is None:
-        carried = [t for t in ranked_feasible(trials) if t.config.get("compile_mode") == FORMATS[fmt]]
         if not carried:
             raise ConfigError(f"Study {study.study_name} has no feasible trial that ran on {FORMATS[fmt]}, the runtime "
                               f"--format {fmt} ships. Search with --export {fmt}, or pass --trial N.")
         return carried[0]
-    else:
-        found = [t for t in trials if t.number == number]
-        if not found or found[0].state != "COMPLETE":
-            raise ConfigError(f"Trial {number} of study {study.study_name} is not a complete trial; "
-                              f"complete trials: {[t.number for t in trials if t.state == 'COMPLETE']}.")
-        chosen = found[0]
+    found = [t for t in trials if t.number == number]
+    if not found or found[0].state != "COMPLETE":
+        raise ConfigError(f"Trial {number} of study {study.study_name} is not a complete trial; "
+                          f"complete trials: {[t.number for t in trials if t.state == 'COMPLETE']}.")
+    chosen = found[0]
     if chosen.config.get("compile_mode") != FORMATS[fmt]:
-        carried = [t for t in ranked_feasible(trials) if t.config.get("compile_mode") == FORMATS[fmt]]
         hint = (f"the closest exportable trial is {carried[0].number} ({carried[0].metrics['throughput']:,.0f} samples/s)"
                 if carried else f"no feasible trial of this study ran on {FORMATS[fmt]}; search with --export {fmt}")
         raise ConfigError(f"Trial {chosen.number} ran on compile_mode={chosen.config.get('compile_mode')}, which "
@@ -123,7 +122,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
                         "dtype": str(prepared.state.get("dtype", "torch.float32")).replace("torch.", "")},
             "metrics": {k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
                                                            "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop")},
-            "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]), "versions": _versions(),
+            "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]), "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx"),
             "source": {"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,
                        "mlflow_parent_run_id": meta.get("parent_run_id"), "pipeline": pipe.name},
         }

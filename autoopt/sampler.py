@@ -17,15 +17,18 @@ from optuna.samplers import BaseSampler, RandomSampler
 MAX_DRAWS = 64
 
 
+def _has_values(config: dict, values: dict) -> bool:
+    return all(config.get(k) == v for k, v in values.items())
+
+
 class ValidConfigSampler(BaseSampler):
     def __init__(self, inner: BaseSampler, distributions: dict, conflict: Callable[[dict], str | None],
-                 canonical: Callable[[dict], dict] = dict,
-                 in_scope: Callable[[dict, dict], bool] = lambda config, scope: all(config.get(k) == v for k, v in scope.items()),
+                 canonical: Callable[[dict], dict] = dict, in_scope: Callable[[dict, dict], bool] | None = None,
                  seed: int | None = None, required: dict | None = None):
         self.inner = inner
         self.required = dict(required or {})  # knob values every sampled configuration must have
         self.canonical = canonical
-        self.in_scope = in_scope
+        self.in_scope = in_scope or _has_values
         # When the inner sampler has converged and only proposes what was measured, explore at random.
         self.fallback = RandomSampler(seed=seed)
         self.distributions = distributions
@@ -48,7 +51,7 @@ class ValidConfigSampler(BaseSampler):
                         params[name] = sampler.sample_independent(study, trial, name, dist)
                 canonical = self.canonical(params)
                 if (canonical not in seen and self.conflict(params) not in pruned_for - {None}
-                        and all(params.get(k) == v for k, v in self.required.items())
+                        and self.in_scope(params, self.required)
                         and not any(self.in_scope(params, scope) for scope in scopes)):
                     return params
         return params  # the space is exhausted: the study reuses or prunes it

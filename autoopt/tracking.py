@@ -16,7 +16,7 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-from .study import COMPLETE, FAILED, INTERRUPTED, PRUNED, TrialRecord
+from .study import COMPLETE, FAILED, INTERRUPTED, PRUNED, TrialRecord, pareto_front
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 _MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED"}
@@ -123,13 +123,13 @@ class Tracker:
         status = "KILLED" if record.reason == INTERRUPTED else _MLFLOW_STATUS[record.state]
         self.client.set_terminated(run_id, status=status)
 
-    def finish_study(self, best: TrialRecord | None, trials: list[TrialRecord], front: list[TrialRecord],
-                     max_drop: float, workdir: Path, interrupted: bool = False) -> None:
+    def finish_study(self, best: TrialRecord | None, trials: list[TrialRecord], max_drop: float, workdir: Path,
+                     interrupted: bool = False) -> None:
         tags = {"autoopt.best_trial": str(best.number) if best else "none"}
         metrics = {f"best_{k}": v for k, v in (best.metrics if best else {}).items() if isinstance(v, (int, float))}
         self._log(self.parent_run_id, metrics=metrics, tags=tags)
-        if front:
-            table, plot = write_pareto(trials, front, max_drop, workdir)
+        if pareto_front(trials):
+            table, plot = write_pareto(trials, max_drop, workdir)
             self.client.log_artifact(self.parent_run_id, str(table))
             self.client.log_artifact(self.parent_run_id, str(plot))
         self.client.set_terminated(self.parent_run_id, status="KILLED" if interrupted else "FINISHED")
@@ -144,8 +144,7 @@ class Tracker:
         )
 
 
-def write_pareto(trials: list[TrialRecord], front: list[TrialRecord], max_drop: float,
-                 workdir: Path) -> tuple[Path, Path]:
+def write_pareto(trials: list[TrialRecord], max_drop: float, workdir: Path) -> tuple[Path, Path]:
     """pareto_front.csv (the front) and pareto_front.png (every complete trial, the front marked)."""
     import csv
 
@@ -155,6 +154,7 @@ def write_pareto(trials: list[TrialRecord], front: list[TrialRecord], max_drop: 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
+    front = pareto_front(trials)
     keys = sorted({k for t in front for k in t.config})
     table = workdir / "pareto_front.csv"
     with open(table, "w", newline="") as f:
@@ -188,16 +188,11 @@ def write_pareto(trials: list[TrialRecord], front: list[TrialRecord], max_drop: 
     return table, plot
 
 
-def ui_command(tracking_uri: str, host: str, port: int) -> tuple[list[str], dict]:
+def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, **popen) -> subprocess.Popen:
     """The MLflow UI with settings that start fast on a small machine: one worker, no job runner."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
            "--host", host, "--port", str(port), "--workers", "1"]
-    return cmd, env
-
-
-def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, **popen) -> subprocess.Popen:
-    cmd, env = ui_command(tracking_uri, host, port)
     return subprocess.Popen(cmd, env=env, **popen)
 
 
