@@ -47,15 +47,23 @@ def time_calls(
     warmup_max_s: float = 5.0,
     stable_tolerance: float = 0.1,
     sync: Callable[[], None] | None = None,
+    after_call: Callable[[int], None] | None = None,
 ) -> Latency:
-    """Time `fn()`; `sync` (e.g. torch.cuda.synchronize) is called before each clock read."""
+    """Time `fn()`; `sync` (e.g. torch.cuda.synchronize) is called before each clock read, and
+    `after_call(calls so far)` after it (outside the timed span): it may raise to stop early."""
     sync = sync or (lambda: None)
+    calls = 0
 
     def once() -> float:
+        nonlocal calls
         start = time.perf_counter()
         fn()
         sync()
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        calls += 1
+        if after_call is not None:
+            after_call(calls)
+        return elapsed
 
     # Warm-up: windows of `warmup_min_calls` calls until two consecutive medians agree.
     warm: list[float] = []
@@ -131,6 +139,18 @@ class PeakMemory:
             self._sampler.start()
         return self
 
+    def current_mb(self) -> float:
+        """The growth so far, inside the block."""
+        if self.device == "cuda":
+            import torch
+
+            peak = torch.cuda.max_memory_allocated()
+        elif self._sampler is not None:
+            peak = max(self._peak, self._process.memory_info().rss)
+        else:
+            peak = _read_hwm_bytes()
+        return max(0, peak - self._start) / 1e6
+
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
             self._peak = max(self._peak, self._process.memory_info().rss)
@@ -140,11 +160,7 @@ class PeakMemory:
             import torch
 
             torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
         elif self._sampler is not None:
             self._stop.set()
             self._sampler.join()
-            peak = max(self._peak, self._process.memory_info().rss)
-        else:
-            peak = _read_hwm_bytes()
-        self.mb = max(0, peak - self._start) / 1e6
+        self.mb = self.current_mb()

@@ -38,8 +38,12 @@ class ValidConfigSampler(BaseSampler):
         return dict(self.distributions)
 
     def sample_relative(self, study, trial, search_space):
-        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        seen = [self.canonical(t.params) for t in finished]
+        trials = study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state.is_finished()]
+        # Trials running in parallel (--jobs, other machines) count as seen: no two jobs measure one config.
+        seen = [self.canonical(t.params) for t in trials
+                if t.state.is_finished() or (t.state.name == "RUNNING" and t.number != trial.number
+                                                 and len(t.params) == len(self.distributions))]
         pruned_for = {t.user_attrs.get("reason") for t in finished if t.state.name == "PRUNED"}
         scopes = [t.user_attrs["pruned_scope"] for t in finished if t.user_attrs.get("pruned_scope")]
         params: dict = {}

@@ -7,6 +7,7 @@ Listeners (MLflow tracking, progress output) are told when a trial starts and fi
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -17,7 +18,7 @@ from . import knobs
 
 COMPLETE, PRUNED, FAILED, RUNNING = "COMPLETE", "PRUNED", "FAILED", "RUNNING"
 INTERRUPTED = "interrupted by the user"  # the reason of a trial stopped by Ctrl-C
-ABANDONED = "abandoned: the search process running it died (killed?); recovered when the study resumed"
+ABANDONED = "abandoned: the search process running it died (killed?) or stopped beating; recovered when the study resumed"
 
 
 @dataclass(frozen=True)
@@ -97,92 +98,185 @@ def open_study(name: str, storage, seed: int | None, space, device: str, require
     )
 
 
+HEARTBEAT_S = 30.0  # a running trial's owner writes a heartbeat this often
+STALE_S = 4 * HEARTBEAT_S  # a trial of another host whose heartbeat is older than this is abandoned
+
+
 def run(
     study,
     space,
-    evaluate: Callable[[dict, int], dict],
+    evaluators: list[Callable[[dict, int], dict]],
     targets: Targets,
     n_trials: int,
     timeout_s: float | None,
     device: str,
     listeners: list,
     storage=None,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> None:
     """Ask/tell until the study holds `n_trials` finished trials or `timeout_s` has passed.
 
-    `evaluate(config, number)` returns the worker's result dict (status, reason, metrics).
+    One thread per evaluator (`--jobs`); `evaluate(config, number)` returns the worker's result dict
+    (status, reason, metrics). On Ctrl-C, `on_interrupt()` stops the running trials: each evaluator
+    then raises KeyboardInterrupt in its thread, and the trial is marked before this re-raises.
     """
-    import optuna
+    import threading
 
     _recover_abandoned(study, storage, listeners)
     if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING")
                for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
-    started = time.monotonic()
-    while sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) < n_trials:
-        if timeout_s is not None and time.monotonic() - started >= timeout_s:
-            break
-        trial = study.ask()
-        trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
-        config = space.suggest(trial)
-        record = TrialRecord(trial.number, config, RUNNING, reference=bool(trial.user_attrs.get("reference")))
-        _notify(listeners, "trial_started", record)
-        if record.run_id:
-            trial.set_user_attr("mlflow_run_id", record.run_id)
-        reason = knobs.conflict(config, device)
-        failed_before = None if reason else _within_pruned_scope(study, config)
-        previous = None if reason or failed_before else _same_config(study, config)
-        if reason:
-            result = {"status": "pruned", "reason": reason, "metrics": {}}
-        elif failed_before is not None:  # only when the space is exhausted: the sampler avoids these
-            result = {"status": "pruned", "reason": f"{failed_before.user_attrs['reason']} (as trial {failed_before.number})",
-                      "metrics": {}, "scope": failed_before.user_attrs["pruned_scope"]}
-        elif previous is not None:
-            # Re-measuring an identical configuration costs a full trial and teaches the sampler nothing.
-            result = {"status": "complete", "reason": None, "metrics": dict(previous.user_attrs["metrics"])}
-            record.reused_from = previous.number
-            trial.set_user_attr("reused_from", previous.number)
-        else:
-            try:
-                result = evaluate(config, trial.number)
-            except KeyboardInterrupt:
-                record.state, record.reason = FAILED, INTERRUPTED
-                trial.set_user_attr("reason", INTERRUPTED)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                _notify(listeners, "trial_finished", record)
-                raise
-        record.log_path = result.pop("log_path", None)
-        record.metrics, record.reason = result["metrics"], result["reason"]
-        if record.reason:
-            trial.set_user_attr("reason", record.reason)
-        if result["status"] == "complete":
-            record.state = COMPLETE
-            record.constraints = targets.constraints(record.metrics)
-            for key, value in record.constraints.items():
-                trial.set_constraint(key, value)
-            trial.set_user_attr("metrics", record.metrics)
-            study.tell(trial, record.metrics["throughput"])
-        elif result["status"] == "pruned":
-            record.state = PRUNED
-            if result.get("scope"):
-                trial.set_user_attr("pruned_scope", result["scope"])
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            record.state = FAILED
+    budget = _Budget(study, n_trials, timeout_s)
+    errors: list[BaseException] = []
+
+    finished = [threading.Event() for _ in evaluators]
+
+    def loop(evaluate, finished: threading.Event) -> None:
+        try:
+            while (trial := budget.ask()) is not None:
+                try:
+                    _run_trial(study, trial, space, evaluate, targets, device, listeners)
+                finally:
+                    budget.done(trial)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            budget.stop.set()
+            errors.append(exc)
+        finally:
+            finished.set()
+
+    threads = [threading.Thread(target=loop, args=(e, f), name=f"autoopt-job-{i}", daemon=True)
+               for i, (e, f) in enumerate(zip(evaluators, finished))]
+    heartbeat = threading.Thread(target=budget.beat, name="autoopt-heartbeat", daemon=True)
+    for t in (*threads, heartbeat):
+        t.start()
+    # Waiting on events, not Thread.join: in Python 3.11 a Ctrl-C that lands inside join() can mark a
+    # running thread as stopped, and the interrupted trial would then never be marked.
+    try:
+        for f in finished:
+            while not f.wait(0.2):
+                pass
+    except KeyboardInterrupt:
+        budget.stop.set()
+        if on_interrupt is not None:
+            on_interrupt()
+        for f in finished:
+            f.wait()
+        for exc in errors:
+            if not isinstance(exc, KeyboardInterrupt):
+                logging.getLogger("autoopt").error("a job failed while stopping: %r", exc)
+        raise
+    finally:
+        budget.stop.set()
+    for exc in errors:
+        raise exc
+
+
+class _Budget:
+    """Hands out trials to the job threads: at most `n_trials` finished plus running in the study."""
+
+    def __init__(self, study, n_trials: int, timeout_s: float | None):
+        import threading
+
+        self.study, self.n_trials, self.timeout_s = study, n_trials, timeout_s
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.running: dict = {}
+
+    def ask(self):
+        with self.lock:
+            if self.stop.is_set() or (self.timeout_s is not None and time.monotonic() - self.started >= self.timeout_s):
+                return None
+            states = [t.state for t in self.study.get_trials(deepcopy=False)]
+            if sum(s.is_finished() or s.name == "RUNNING" for s in states) >= self.n_trials:
+                return None
+            trial = self.study.ask()
+            now = time.time()
+            trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid(), "since": now})
+            trial.set_user_attr("heartbeat", now)
+            self.running[trial.number] = trial
+            return trial
+
+    def done(self, trial) -> None:
+        with self.lock:
+            self.running.pop(trial.number, None)
+
+    def beat(self) -> None:
+        """Heartbeats of this process's running trials, so that other hosts can tell they are alive."""
+        while not self.stop.wait(HEARTBEAT_S):
+            with self.lock:
+                trials = list(self.running.values())
+            for trial in trials:
+                try:
+                    trial.set_user_attr("heartbeat", time.time())
+                except Exception:  # noqa: BLE001 - finished meanwhile; a missed beat is harmless
+                    pass
+
+
+def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, listeners: list) -> None:
+    import optuna
+
+    config = space.suggest(trial)
+    record = TrialRecord(trial.number, config, RUNNING, reference=bool(trial.user_attrs.get("reference")))
+    _notify(listeners, "trial_started", record)
+    if record.run_id:
+        trial.set_user_attr("mlflow_run_id", record.run_id)
+    reason = knobs.conflict(config, device)
+    failed_before = None if reason else _within_pruned_scope(study, config)
+    previous = None if reason or failed_before else _same_config(study, config)
+    if reason:
+        result = {"status": "pruned", "reason": reason, "metrics": {}}
+    elif failed_before is not None:  # only when the space is exhausted: the sampler avoids these
+        result = {"status": "pruned", "reason": f"{failed_before.user_attrs['reason']} (as trial {failed_before.number})",
+                  "metrics": {}, "scope": failed_before.user_attrs["pruned_scope"]}
+    elif previous is not None:
+        # Re-measuring an identical configuration costs a full trial and teaches the sampler nothing.
+        result = {"status": "complete", "reason": None, "metrics": dict(previous.user_attrs["metrics"])}
+        record.reused_from = previous.number
+        trial.set_user_attr("reused_from", previous.number)
+    else:
+        try:
+            result = evaluate(config, trial.number)
+        except KeyboardInterrupt:
+            record.state, record.reason = FAILED, INTERRUPTED
+            trial.set_user_attr("reason", INTERRUPTED)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        _notify(listeners, "trial_finished", record)
+            _notify(listeners, "trial_finished", record)
+            raise
+    record.log_path = result.pop("log_path", None)
+    record.metrics, record.reason = result["metrics"], result["reason"]
+    if record.reason:
+        trial.set_user_attr("reason", record.reason)
+    if result["status"] == "complete":
+        record.state = COMPLETE
+        record.constraints = targets.constraints(record.metrics)
+        for key, value in record.constraints.items():
+            trial.set_constraint(key, value)
+        trial.set_user_attr("metrics", record.metrics)
+        study.tell(trial, record.metrics["throughput"])
+    elif result["status"] == "pruned":
+        record.state = PRUNED
+        if result.get("scope"):
+            trial.set_user_attr("pruned_scope", result["scope"])
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        record.state = FAILED
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    _notify(listeners, "trial_finished", record)
 
 
 def _recover_abandoned(study, storage, listeners: list) -> None:
-    """Trials left RUNNING by a search process of this host that no longer exists (kill -9, power
-    loss) become FAILED with a reason, and listeners close their runs. Trials of live processes and
-    of other hosts are left alone: on one machine the owner's pid answers for it; across machines use
-    an RDB storage with Optuna's heartbeat."""
+    """Trials left RUNNING by a search process that no longer runs (kill -9, power loss, a lost
+    machine) become FAILED with a reason, and listeners close their runs. On this host the owner's pid
+    answers; for another host, a heartbeat older than STALE_S does (several machines on one RDB)."""
     import optuna
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         owner = t.user_attrs.get("owner") or {}
-        if owner.get("host") != socket.gethostname() or _alive(owner.get("pid")):
+        if owner.get("host") == socket.gethostname():
+            if _alive(owner.get("pid")):
+                continue
+        elif time.time() - float(t.user_attrs.get("heartbeat", owner.get("since", 0))) < STALE_S:
             continue
         if storage is not None:
             study_id = storage.get_study_id_from_name(study.study_name)

@@ -1,29 +1,45 @@
-"""Runs one trial in its own process: build, measure, check accuracy; returns a result or a reason.
+"""Runs trials in a child process: build, measure, check accuracy; returns a result or a reason.
 
-A fresh process per trial isolates crashes (a segfault in a kernel fails one trial, not the search),
-enforces the time limit, and gives an honest peak-memory figure (no memory left over from earlier
-trials for the allocator to reuse). The parent talks to it through two JSON files:
+A child process isolates crashes (a segfault in a kernel fails one trial, not the search) and
+enforces the time limit. It is kept warm between trials (torch imported and the pipeline loaded
+once: about 3 s saved per trial) and replaced after a crash, a timeout or `max_trials` trials;
+`Worker(reuse=False)` gives each trial a fresh process. The parent and the child talk through files
+and two pipes:
 
-    request:  {pipeline, config, device, threads, min_time_s, min_calls, workdir, known_accuracy}
-    result:   {status: complete | pruned | failed, reason, metrics}
+    stdin, one JSON line per trial:  {request, result, log}  (paths)
+    request: {pipeline, config, device, threads, min_time_s, min_calls, workdir, known_accuracy,
+              memory_limit_mb, trial}
+    result:  {status: complete | pruned | failed, reason, metrics}
+    done pipe: one line per trial once its result file is written
 
-The worker's stdout/stderr (warnings, tracebacks) go to worker.log in the trial's workdir.
+During a trial the child's stdout/stderr (warnings, tracebacks) go to that trial's worker.log.
+Latency is measured under an exclusive per-device lock, builds and accuracy checks under a shared
+one, so that parallel workers (`--jobs`, or several searches on one machine) never run while a
+measurement runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import gc
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
 
 from .errors import Unsupported
+
+CALIBRATION_BATCHES = 16
+MAX_TRIALS_PER_WORKER = 25  # then a fresh process: bounds whatever a runtime leaks between trials
 
 
 def _release_free_memory() -> None:
@@ -35,7 +51,16 @@ def _release_free_memory() -> None:
         pass
 
 
-CALIBRATION_BATCHES = 16
+@contextlib.contextmanager
+def device_lock(device: str, exclusive: bool):
+    """Machine-wide lock per device: exclusive while timing, shared while building or checking accuracy."""
+    path = os.path.join(tempfile.gettempdir(), f"autoopt-{device}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock (the kernel also does when the process dies)
 
 
 def calibration_batches(pipeline) -> list[tuple]:
@@ -67,44 +92,69 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     return runtime, prepared, ctx, time.perf_counter() - started
 
 
+class OverTarget(Exception):
+    """A trial stopped early because it already misses a target: PRUNED with this reason."""
+
+
+_PIPELINES: dict = {}  # a warm worker loads each pipeline once
+
+
+def _pipeline(request: dict):
+    from .pipeline import load_pipeline
+
+    key = request.get("pipeline_pickle") or request["pipeline"]
+    if key not in _PIPELINES:
+        if request.get("pipeline_pickle"):
+            import cloudpickle
+
+            with open(request["pipeline_pickle"], "rb") as f:
+                _PIPELINES[key] = cloudpickle.load(f)
+        else:
+            _PIPELINES[key] = load_pipeline(request["pipeline"])
+    return _PIPELINES[key]
+
+
 def run_trial(request: dict) -> dict:
     """The trial itself, inside the worker process."""
-    from .cache import cache_dir
-
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir("inductor"))  # compiled kernels, reusable
     import torch
 
     from .accuracy import candidate_accuracy
     from .measure import PeakMemory, time_calls
-    from .pipeline import load_pipeline
 
+    if "torch._dynamo" in sys.modules:  # compiled graphs of earlier trials: free them, reset the counters
+        torch._dynamo.reset()
+    os.environ["AUTOOPT_TRIAL"] = str(request.get("trial", ""))  # lets a pipeline tag its own logs
     config, device = request["config"], request["device"]
     threads = int(config.get("threads", request["threads"]))
     torch.set_num_threads(threads)
-    if request.get("pipeline_pickle"):
-        import cloudpickle
-
-        with open(request["pipeline_pickle"], "rb") as f:
-            pipeline = cloudpickle.load(f)
-    else:
-        pipeline = load_pipeline(request["pipeline"])
+    pipeline = _pipeline(request)
     inputs = tuple(t.to(device) for t in pipeline.make_inputs(int(config["batch_size"])))
-    runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request["workdir"], inputs)
+    with device_lock(device, exclusive=False):
+        runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request["workdir"], inputs)
 
-    _release_free_memory()
-    started = time.perf_counter()
-    with PeakMemory(device) as peak:
-        built = runtime.load(prepared, config, ctx)
-        latency = time_calls(
-            lambda: built.predict(*inputs),
-            min_time_s=request["min_time_s"], min_calls=request["min_calls"], sync=built.sync,
-        )
-    measure_s = time.perf_counter() - started
+    limit_mb = request.get("memory_limit_mb")
+    with device_lock(device, exclusive=True):
+        _release_free_memory()
+        started = time.perf_counter()
+        with PeakMemory(device) as peak:
+            def guard(calls: int) -> None:  # a trial already past the memory target stops here
+                if limit_mb is not None and peak.current_mb() > limit_mb:
+                    raise OverTarget(f"memory: peak {peak.current_mb():.1f} MB is over the {limit_mb:g} MB target "
+                                     f"(stopped after {calls} calls)")
+
+            built = runtime.load(prepared, config, ctx)
+            guard(0)
+            latency = time_calls(
+                lambda: built.predict(*inputs),
+                min_time_s=request["min_time_s"], min_calls=request["min_calls"], sync=built.sync, after_call=guard,
+            )
+        measure_s = time.perf_counter() - started
 
     started = time.perf_counter()
     accuracy = request.get("known_accuracy")
     if accuracy is None:
-        accuracy = candidate_accuracy(pipeline, built.predict)
+        with device_lock(device, exclusive=False):
+            accuracy = candidate_accuracy(pipeline, built.predict)
     accuracy_s = time.perf_counter() - started
     return {
         "status": "complete",
@@ -127,42 +177,113 @@ def run_trial(request: dict) -> dict:
     }
 
 
-def run_isolated(request: dict, workdir: str, timeout_s: float) -> dict:
-    """Run `run_trial` in a child process; never raises for what happens inside the trial."""
-    work = Path(workdir)
-    request = {**request, "workdir": str(work)}
-    request_path, result_path, log_path = work / "request.json", work / "result.json", work / "worker.log"
-    request_path.write_text(json.dumps(request))
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autoopt.worker", str(request_path), str(result_path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            return _failed(f"timeout: no result after {timeout_s:g} s")
-        except BaseException:  # Ctrl-C in the parent: do not leave the worker running
-            _kill(proc)
-            raise
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return _failed(f"crashed: {name}" + (" (killed: out of memory?)" if name == "SIGKILL" else ""))
-    return _failed(f"worker exited with code {code}: {_last_line(log_path)}")
-
-
-def _kill(proc: subprocess.Popen) -> None:
+def run_caught(request: dict) -> dict:
+    """`run_trial`, with what the candidate raises turned into the trial's result."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+        return run_trial(request)
+    except Unsupported as exc:
+        return {"status": "pruned", "reason": str(exc), "metrics": {}, "scope": exc.scope}
+    except OverTarget as exc:
+        return {"status": "pruned", "reason": str(exc), "metrics": {}}
+    except Exception as exc:  # noqa: BLE001 - any failure of the candidate is this trial's result
+        traceback.print_exc()
+        summary = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+        return _failed(summary[-1][:500] if summary else type(exc).__name__)
+
+
+class Worker:
+    """The parent's handle on one worker process; `run` executes one trial and never raises for what
+    happens inside it (KeyboardInterrupt aside: `interrupt()` from another thread stops the trial)."""
+
+    def __init__(self, log_dir: str, reuse: bool = True, max_trials: int = MAX_TRIALS_PER_WORKER):
+        self.log_dir = log_dir
+        self.max_trials = max_trials if reuse else 1
+        self.started = 0  # processes started, for the orchestration report
+        self._proc: subprocess.Popen | None = None
+        self._done = None
+        self._served = 0
+        self._interrupted = threading.Event()
+
+    def _start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        self.started += 1
+        with open(os.path.join(self.log_dir, f"worker-{os.getpid()}-{id(self)}.log"), "ab") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "autoopt.worker", "--serve", str(write_fd)],
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+        os.close(write_fd)
+        self._done = os.fdopen(read_fd, "rb", buffering=0)
+        self._served = 0
+
+    def run(self, request: dict, workdir: str, timeout_s: float) -> dict:
+        work = Path(workdir)
+        request_path, result_path, log_path = work / "request.json", work / "result.json", work / "worker.log"
+        request_path.write_text(json.dumps({**request, "workdir": str(work)}))
+        log_path.touch()
+        if self._proc is None:
+            self._start()
+        try:
+            self._proc.stdin.write((json.dumps({"request": str(request_path), "result": str(result_path),
+                                                "log": str(log_path)}) + "\n").encode())
+            self._proc.stdin.flush()
+        except BrokenPipeError:  # it died between trials: its exit status is the reason below
+            pass
+        deadline = time.monotonic() + timeout_s
+        line = None
+        while line is None:
+            if self._interrupted.is_set():
+                self.close()
+                raise KeyboardInterrupt
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._replace()
+                return _failed(f"timeout: no result after {timeout_s:g} s")
+            if select.select([self._done], [], [], min(remaining, 0.2))[0]:
+                line = self._done.readline()
+        if line and result_path.exists():
+            self._served += 1
+            if self._served >= self.max_trials:
+                self._replace()
+            return json.loads(result_path.read_text())
+        if self._interrupted.is_set():
+            self.close()
+            raise KeyboardInterrupt
+        code = self._proc.wait()
+        self._replace()
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return _failed(f"crashed: {name}" + (" (killed: out of memory?)" if name == "SIGKILL" else ""))
+        return _failed(f"worker exited with code {code}: {_last_line(log_path)}")
+
+    def _replace(self) -> None:
+        """Stop this process and start the next one now: its start-up overlaps the parent's bookkeeping."""
+        self.close()
+        self._start()
+
+    def interrupt(self) -> None:
+        """From another thread (Ctrl-C): the trial running now raises KeyboardInterrupt in its thread,
+        which also closes the pipes it is waiting on."""
+        self._interrupted.set()
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stdin.close()
+        if self._done is not None:
+            self._done.close()
+            self._done = None
 
 
 def _failed(reason: str) -> dict:
@@ -182,23 +303,44 @@ def _die_with_parent() -> None:
         pass
 
 
-def main(argv: list[str]) -> int:
-    _die_with_parent()
-    request_path, result_path = argv
-    request = json.loads(Path(request_path).read_text())
+@contextlib.contextmanager
+def _output_to(path: str):
+    """Point fds 1 and 2 (Python's and native code's output) at the trial's log, then back."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
     try:
-        result = run_trial(request)
-    except Unsupported as exc:
-        result = {"status": "pruned", "reason": str(exc), "metrics": {}, "scope": exc.scope}
-    except Exception as exc:  # noqa: BLE001 - any failure of the candidate is this trial's result
-        traceback.print_exc()
-        summary = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
-        result = _failed(summary[-1][:500] if summary else type(exc).__name__)
-    tmp = f"{result_path}.tmp"
-    Path(tmp).write_text(json.dumps(result))
-    os.replace(tmp, result_path)  # the parent sees a whole result or none
+        yield
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        os.close(saved[0]), os.close(saved[1])
+
+
+def serve(done_fd: int) -> int:
+    _die_with_parent()
+    os.set_inheritable(done_fd, False)  # the worker's own children must not hold the pipe open
+    done = os.fdopen(done_fd, "wb", buffering=0)
+    from .cache import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir("inductor"))  # compiled kernels, reusable
+    import torch  # noqa: F401 - the point of a warm worker: paid once, before the first trial arrives
+
+    from . import accuracy, knobs, measure, runtimes  # noqa: F401
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        with _output_to(job["log"]):
+            result = run_caught(json.loads(Path(job["request"]).read_text()))
+        tmp = f"{job['result']}.tmp"
+        Path(tmp).write_text(json.dumps(result))
+        os.replace(tmp, job["result"])  # the parent sees a whole result or none
+        done.write(b"done\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    if sys.argv[1:2] != ["--serve"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m autoopt.worker --serve FD (started by autoopt, not by hand)")
+    sys.exit(serve(int(sys.argv[2])))

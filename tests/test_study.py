@@ -37,3 +37,36 @@ def test_equivalent_configurations_share_a_measurement():
 def test_calibration_falls_back_to_make_inputs_batches():
     batches = calibration_batches(load_pipeline(TINY_DICT))
     assert len(batches) == 8 and batches[0][0].shape == (32, 5, 8)
+
+
+def test_abandoned_trials_are_found_by_pid_here_and_by_heartbeat_elsewhere():
+    import os
+    import socket
+    import time
+
+    from autoopt.study import ABANDONED, STALE_S, _recover_abandoned
+
+    study = optuna.create_study()
+    owners = {
+        "dead_here": ({"host": socket.gethostname(), "pid": 2**22 + 12345, "since": time.time()}, time.time()),
+        "alive_here": ({"host": socket.gethostname(), "pid": os.getpid(), "since": 0}, 0),
+        "stale_elsewhere": ({"host": "other-machine", "pid": 1, "since": 0}, time.time() - STALE_S - 5),
+        "beating_elsewhere": ({"host": "other-machine", "pid": 1, "since": 0}, time.time()),
+    }
+    for name, (owner, beat) in owners.items():
+        trial = study.ask()
+        trial.set_user_attr("name", name)
+        trial.set_user_attr("owner", owner)
+        trial.set_user_attr("heartbeat", beat)
+
+    recovered = []
+
+    class Listener:
+        def trial_recovered(self, record):
+            recovered.append(record.number)
+
+    _recover_abandoned(study, study._storage, [Listener()])
+    state = {t.user_attrs["name"]: (t.state.name, t.user_attrs.get("reason")) for t in study.trials}
+    assert state == {"dead_here": ("FAIL", ABANDONED), "alive_here": ("RUNNING", None),
+                     "stale_elsewhere": ("FAIL", ABANDONED), "beating_elsewhere": ("RUNNING", None)}
+    assert recovered == [0, 2]

@@ -1,6 +1,9 @@
-"""A trial runs in its own process: results come back, and crashes, exceptions and hangs become reasons."""
+"""A trial runs in a worker process: results come back, and crashes, exceptions and hangs become
+reasons; a warm worker serves trial after trial and is replaced after a failure."""
 
-from autoopt.worker import run_isolated
+import pytest
+
+from autoopt.worker import Worker
 from conftest import TINY_MLP
 
 REQUEST = {"pipeline": TINY_MLP, "pipeline_pickle": None, "device": "cpu", "threads": 1,
@@ -20,10 +23,23 @@ PIPELINE = autoopt.Pipeline("faulty", Faulty, lambda b: (torch.randn(b, 3),))
 """
 
 
-def run(tmp_path, pipeline, config, timeout_s=120):
-    work = tmp_path / "trial"
+@pytest.fixture
+def worker(tmp_path):
+    w = Worker(str(tmp_path))
+    yield w
+    w.close()
+
+
+def run(tmp_path, pipeline, config, timeout_s=120, worker=None, name="trial", **request):
+    work = tmp_path / name
     work.mkdir()
-    return run_isolated({**REQUEST, "pipeline": pipeline, "config": config}, str(work), timeout_s)
+    own = worker is None
+    worker = worker or Worker(str(tmp_path))
+    try:
+        return worker.run({**REQUEST, "pipeline": pipeline, "config": config, **request}, str(work), timeout_s)
+    finally:
+        if own:
+            worker.close()
 
 
 def test_a_complete_trial_reports_every_metric(tmp_path):
@@ -53,3 +69,55 @@ def test_a_hang_hits_the_time_limit(tmp_path, write_file):
     path = write_file("faulty.py", FAULTY.format(action="time.sleep(600)"))
     result = run(tmp_path, path, {**CONFIG, "batch_size": 8}, timeout_s=8)
     assert result == {"status": "failed", "reason": "timeout: no result after 8 s", "metrics": {}}
+
+
+def test_a_warm_worker_serves_many_trials_and_is_replaced_after_a_crash(tmp_path, write_file, worker):
+    path = write_file("faulty.py", FAULTY.format(action="os.abort()"))
+    outcomes = [run(tmp_path, path, {**CONFIG, "batch_size": b}, worker=worker, name=f"t{i}")
+                for i, b in enumerate((4, 2, 8, 4, 8, 2))]
+    assert [o["status"] for o in outcomes] == ["complete", "complete", "failed", "complete", "failed", "complete"]
+    assert worker.started == 3  # one process for the first trials, then one more after each of the two crashes
+    # Each trial's output lands in its own log, the warm process notwithstanding.
+    assert "Traceback" not in (tmp_path / "t0" / "worker.log").read_text()
+
+
+def test_fresh_workers_start_a_process_per_trial(tmp_path):
+    w = Worker(str(tmp_path), reuse=False)
+    try:
+        for i in range(2):
+            assert run(tmp_path, TINY_MLP, CONFIG, worker=w, name=f"t{i}")["status"] == "complete"
+    finally:
+        w.close()
+    assert w.started == 3  # one per trial, plus the next one started ahead
+
+
+def test_a_trial_past_the_memory_target_is_pruned_early(tmp_path, write_file):
+    path = write_file("hog.py", FAULTY.format(action="return x * 2 + torch.ones(64, 1024, 1024).sum()"))
+    result = run(tmp_path, path, {**CONFIG, "batch_size": 8}, memory_limit_mb=100)
+    assert result["status"] == "pruned"
+    assert result["reason"].startswith("memory: peak ") and "over the 100 MB target (stopped after 1 calls)" in result["reason"]
+    assert run(tmp_path, path, {**CONFIG, "batch_size": 4}, memory_limit_mb=100, name="small")["status"] == "complete"
+
+
+def test_timing_takes_the_device_alone(tmp_path):
+    """While another process holds the exclusive (timing) lock, a shared (build) section waits."""
+    import subprocess
+    import sys
+    import time
+
+    from autoopt.worker import device_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from autoopt.worker import device_lock\n"
+        "with device_lock('test-dev', exclusive=True):\n"
+        "    print('held', flush=True); time.sleep(1.5)\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with device_lock("test-dev", exclusive=False):
+        waited = time.monotonic() - started
+    holder.wait()
+    assert waited > 0.8
+    started = time.monotonic()
+    with device_lock("test-dev", exclusive=False), device_lock("test-dev", exclusive=False):
+        pass  # shared sections do not wait for each other
+    assert time.monotonic() - started < 0.5
