@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import sys
 import tempfile
@@ -274,15 +275,33 @@ def _seconds(value, option: str) -> float:
 
 
 def _storage(storage: str | None, store: Path | None):
-    """An Optuna storage: an RDB URL as given, else a journal file (safe for several processes)."""
+    """An Optuna storage: an RDB URL as given (several machines may share it), else a journal file
+    (safe for several processes on one machine)."""
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     if storage and "://" in storage:
-        return RDBStorage(storage)
+        if storage.startswith("postgresql") and not _importable("psycopg") and not _importable("psycopg2"):
+            raise ConfigError(f"--storage {storage.split('://')[0]}://… needs a PostgreSQL driver, and none is "
+                              "installed. Fix: pip install 'psycopg[binary]'.")
+        # Machines that start at once on a fresh database race to create Optuna's tables: the loser
+        # of that race fails once and finds the tables on its next try.
+        for attempt in range(5):
+            try:
+                return RDBStorage(storage)
+            except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors differ by database
+                if attempt == 4 or not _creation_race(exc):
+                    raise ConfigError(f"--storage {storage}: cannot open it ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0]}).") from exc
+                time.sleep(0.5 + random.random())
     path = Path(storage) if storage else (store or Path("mlruns").resolve()) / "optuna.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _creation_race(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(w in text for w in ("integrityerror", "unique", "duplicate", "already exists"))
 
 
 def _pickle_if_needed(pipe: Pipeline, tmp: str) -> str | None:

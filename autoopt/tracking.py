@@ -71,22 +71,21 @@ class Tracker:
         self._runs: dict[int, str] = {}
 
     def start_study(self, study_name: str, params: dict) -> str:
-        """The study's parent run: created once, reopened when the study is resumed."""
+        """The study's parent run: created once, reopened when the study is resumed or joined by
+        another search process (the earliest parent wins a creation race; the loser deletes its own)."""
         self.study_name = study_name
-        found = self.client.search_runs(
-            [self.experiment_id], f"tags.`autoopt.study` = '{study_name}' and tags.`autoopt.role` = 'study'",
-            max_results=1,
-        )
-        if found:
-            self.parent_run_id = found[0].info.run_id
-            self.client.update_run(self.parent_run_id, status="RUNNING")
-            return self.parent_run_id
-        run = self.client.create_run(
-            self.experiment_id, run_name=study_name,
-            tags={"autoopt.study": study_name, "autoopt.role": "study"},
-        )
-        self.parent_run_id = run.info.run_id
-        self._log(self.parent_run_id, params=params)
+        where = f"tags.`autoopt.study` = '{study_name}' and tags.`autoopt.role` = 'study'"
+        found = self.client.search_runs([self.experiment_id], where, max_results=1)
+        if not found:
+            run = self.client.create_run(self.experiment_id, run_name=study_name,
+                                         tags={"autoopt.study": study_name, "autoopt.role": "study"})
+            self._log(run.info.run_id, params=params)
+            found = self.client.search_runs([self.experiment_id], where, max_results=1,
+                                            order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+            if found[0].info.run_id != run.info.run_id:
+                self.client.delete_run(run.info.run_id)
+        self.parent_run_id = found[0].info.run_id
+        self.client.update_run(self.parent_run_id, status="RUNNING")
         return self.parent_run_id
 
     def trial_started(self, record: TrialRecord) -> None:

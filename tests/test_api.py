@@ -104,6 +104,20 @@ def test_bad_arguments_are_config_errors(tmp_path):
         autoopt.search(TINY_MLP, study="it's mine", tracking_uri=str(tmp_path))
     with pytest.raises(autoopt.ConfigError, match=r"device must be one of \[auto, cpu, cuda\]. Got 'tpu'."):
         autoopt.search(TINY_MLP, device="tpu", tracking_uri=str(tmp_path))
+    with pytest.raises(autoopt.ConfigError, match="jobs must be a whole number of at least 1. Got 0."):
+        autoopt.search(TINY_MLP, jobs=0, tracking_uri=str(tmp_path))
+
+
+def test_unusable_storages_are_config_errors(tmp_path, monkeypatch):
+    from autoopt import api
+
+    with pytest.raises(autoopt.ConfigError, match=r"--storage postgresql://nobody@127.0.0.1:1/x: cannot open it "
+                                                  r"\(OperationalError: "):
+        autoopt.search(TINY_MLP, storage="postgresql://nobody@127.0.0.1:1/x", tracking_uri=str(tmp_path))
+    monkeypatch.setattr(api, "_importable", lambda name: False)
+    with pytest.raises(autoopt.ConfigError, match=r"needs a PostgreSQL driver, and none is installed. "
+                                                  r"Fix: pip install 'psycopg\[binary\]'."):
+        autoopt.search(TINY_MLP, storage="postgresql://h/db", tracking_uri=str(tmp_path))
 
 
 CONV_ONLY = """
