@@ -16,10 +16,11 @@ from . import __version__
 from .accuracy import reference_accuracy
 from .errors import ConfigError
 from .bundle import FORMATS, export_trial, package_versions, select_trial
-from .pipeline import Pipeline, check_pipeline, load_pipeline
+from .knobs import TASKS
+from .pipeline import Pipeline, check_pipeline, check_training, load_pipeline
 from .space import load_space
 from .knobs.threads import available_cores
-from .study import (COMPLETE, Targets, TrialRecord, closest_infeasible, known_accuracy, open_study, ranked_feasible,
+from .study import (COMPLETE, Targets, TrialRecord, closest_infeasible, known_numerics, open_study, ranked_feasible,
                     records, run)
 from .tracking import Tracker, log_exported_model, resolve_store, runs_url
 from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
@@ -35,15 +36,22 @@ class SearchResult:
     pipeline: str
     targets: Targets
     trials: list[TrialRecord]
-    reference_accuracy: float
+    reference_accuracy: float | None  # None for the training task
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
     interrupted: bool = False  # Ctrl-C stopped the search; `trials` holds what finished
     exported: object = None  # the ExportResult when the search was asked to export
+    task: str = "infer"
 
     @property
     def reference(self) -> TrialRecord | None:
+        """Inference: trial 0 (every knob at its baseline). Training: the plain way to train within the
+        targets: fp32, eager, no checkpointing, at the largest batch size that met them."""
+        if self.task == "train":
+            plain = [t for t in self.trials if t.feasible and t.reused_from is None and t.config.get("precision") == "fp32"
+                     and t.config.get("checkpointing") == "none" and t.config.get("compile_mode") == "eager"]
+            return max(plain, key=lambda t: (t.config["batch_size"], t.metrics["throughput"]), default=None)
         return next((t for t in self.trials if t.reference and t.state == COMPLETE), None)
 
     @property
@@ -91,6 +99,7 @@ def search(
     export: str | None = None,
     out: str | os.PathLike | None = None,
     register: str | None = None,
+    task: str = "infer",
     jobs: int = 1,
     fresh_workers: bool = False,
     listeners: list | tuple = (),
@@ -115,6 +124,9 @@ def search(
     figures stay comparable while the wall time shrinks by what the overlap saves.
     fresh_workers: a new worker process per trial (about 3 s more per trial) instead of a warm one
     reused until it crashes, times out or has run 25 trials.
+    task: "infer" (the model serving: latency, throughput) or "train" (the training step: throughput of
+    full steps under the memory target and a numerics tolerance; the pipeline needs make_batch and
+    loss_fn; default space search_spaces/train.yaml).
     listeners: objects with optional trial_started(record) / trial_finished(record) methods (called
     from the job threads).
     """
@@ -135,17 +147,26 @@ def search(
     device = resolve_device(device)
     if export is not None and export not in FORMATS:
         raise ConfigError(f"export must be one of [{', '.join(FORMATS)}]. Got {export!r}.")
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of [{', '.join(TASKS)}]. Got {task!r}.")
+    if task == "train" and export is not None:
+        raise ConfigError("--export ships an inference model; --task train searches the training step. "
+                          "Drop --export, or search with --task infer.")
 
     pipe = load_pipeline(pipeline)
     log.info("Checking pipeline %s (the first use may train or download its model)…", pipe.name)
     check_pipeline(pipe)
-    search_space = load_space(space, device)
+    search_space = load_space(space, device, task)
     for note in search_space.notes:
         log.warning(note)
-    ref_accuracy = reference_accuracy(pipe)
+    if task == "train":
+        _check_checkpointing(search_space, *check_training(pipe), explicit=space is not None)
+        ref_accuracy = None  # the training reference is a loss trajectory, computed in the worker's dir
+    else:
+        ref_accuracy = reference_accuracy(pipe)
 
     uri, store = resolve_store(tracking_uri)
-    study_name = study or f"{pipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    study_name = study or f"{pipe.name}{'-train' if task == 'train' else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     required = None
     if export is not None:  # the reference stays eager; every sampled trial runs what the format ships
         required = {"compile_mode": FORMATS[export]}
@@ -155,7 +176,7 @@ def search(
     optuna_study = open_study(study_name, backend, seed, search_space, device, required)
     tracker = Tracker(uri, store, pipe.name)
     tracker.start_study(study_name, {
-        "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory",
+        "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory", "task": task,
         "space": search_space.source, "device": device, "seed": seed,
         "target_latency_ms": targets.latency_ms, "target_memory_mb": targets.memory_mb,
         "max_accuracy_drop": targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
@@ -167,19 +188,23 @@ def search(
         "pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id,
     })
     with tempfile.TemporaryDirectory(prefix="autoopt-") as tmp:
-        request = {"pipeline": pipe.source, "pipeline_pickle": _pickle_if_needed(pipe, tmp),
+        request = {"task": task, "pipeline": pipe.source, "pipeline_pickle": _pickle_if_needed(pipe, tmp),
                    "device": device, "threads": available_cores(), "min_time_s": min_time_s, "min_calls": 20,
                    "memory_limit_mb": targets.memory_mb}
+        if task == "train":
+            from .training import reference_numerics
+
+            request["reference_numerics"] = reference_numerics(pipe, device, tmp)
         workers = [Worker(tmp, reuse=not fresh_workers) for _ in range(jobs)]
 
         def evaluator(worker: Worker):
             def evaluate(config: dict, number: int) -> dict:
                 work = Path(tmp) / f"trial-{number}"
                 work.mkdir()
-                known = known_accuracy(optuna_study, config)
-                result = worker.run({**request, "config": config, "known_accuracy": known, "trial": number},
+                known = known_numerics(optuna_study, config)
+                result = worker.run({**request, "config": config, "known_numerics": known, "trial": number},
                                     str(work), trial_timeout_s)
-                if result["status"] == "complete":
+                if result["status"] == "complete" and task == "infer":
                     result["metrics"]["accuracy_drop"] = ref_accuracy - result["metrics"]["accuracy"]
                 result["log_path"] = str(work / "worker.log")
                 return result
@@ -196,7 +221,7 @@ def search(
                 w.close()
         result = SearchResult(
             study=optuna_study, study_name=study_name, pipeline=pipe.name, targets=targets,
-            trials=records(optuna_study), reference_accuracy=ref_accuracy, tracking_uri=uri,
+            trials=records(optuna_study), reference_accuracy=ref_accuracy, tracking_uri=uri, task=task,
             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, interrupted=interrupted,
         )
         tracker.finish_study(result.best, result.trials, targets.max_accuracy_drop, Path(tmp), interrupted)
@@ -266,6 +291,37 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for, but no CUDA device is visible. Use --device cpu.")
     return device
+
+
+def _check_checkpointing(space, found: str, n_blocks: int, explicit: bool) -> None:
+    """Checkpointing values the model's blocks cannot carry: an error in the user's space file, dropped
+    with a warning from the bundled default space."""
+    from .knobs.checkpointing import every
+    from .space import Domain
+
+    domain = space.domains.get("checkpointing")
+    values = [v for v in (domain.choices or ()) if v != "none"] if domain else []
+    if not values:
+        return
+    if not explicit:
+        kept = tuple(v for v in domain.choices if v == "none" or every(v) <= n_blocks)
+        if kept != domain.choices:
+            log.warning("checkpointing=%s dropped from %s: the model has %s repeated blocks%s.",
+                        ", ".join(v for v in domain.choices if v not in kept), space.source, n_blocks or "no",
+                        " (give the Pipeline blocks= to name them)" if not n_blocks else f" ({found})")
+            space.domains["checkpointing"] = Domain("checkpointing", choices=kept)
+        values = [v for v in kept if v != "none"]
+        if not values:
+            return
+    if n_blocks == 0:
+        raise ConfigError(f"The 'checkpointing' entry of {space.source} asks for {values}, but the model has no "
+                          "repeated blocks autoopt can find (a ModuleList or Sequential of same-typed modules). "
+                          "Add blocks=lambda model: [...] to the Pipeline.")
+    too_coarse = [v for v in values if every(v) > n_blocks]
+    if too_coarse:
+        raise ConfigError(f"The 'checkpointing' entry of {space.source} must have k <= {n_blocks} (the blocks of "
+                          f"{found}). Got {too_coarse[0]!r}.")
+    log.info("Checkpointing wraps the blocks of %s", found)
 
 
 def _seconds(value, option: str) -> float:

@@ -83,10 +83,13 @@ class Progress:
             m = record.metrics
             mark = "[green]feasible[/]" if record.feasible else "[yellow]infeasible[/]"
             reused = f" (same as #{record.reused_from})" if record.reused_from is not None else ""
-            self.console.print(
-                f"{escape(head)}  p95 {m['latency_ms_p95']:.2f} ms  {m['throughput']:,.0f}/s  "
-                f"mem {m['peak_memory_mb']:.1f} MB  acc {m['accuracy']:.4f} (drop {m['accuracy_drop']:+.4f})  "
-                f"{mark}{reused}{took}", highlight=False)
+            if "grad_cosine" in m:  # a training step
+                what = (f"step p95 {m['latency_ms_p95']:.1f} ms  {m['throughput']:,.0f} samples/s  "
+                        f"mem {m['peak_memory_mb']:.1f} MB  loss dev {m['accuracy_drop']:.4f} grad cos {m['grad_cosine']:.4f}")
+            else:
+                what = (f"p95 {m['latency_ms_p95']:.2f} ms  {m['throughput']:,.0f}/s  mem {m['peak_memory_mb']:.1f} MB  "
+                        f"acc {m['accuracy']:.4f} (drop {m['accuracy_drop']:+.4f})")
+            self.console.print(f"{escape(head)}  {what}  {mark}{reused}{took}", highlight=False)
         else:
             color = "yellow" if record.state == "PRUNED" else "red"
             self.console.print(f"{escape(head)}  [{color}]{record.state}[/]: {escape(str(record.reason))}{took}",
@@ -94,20 +97,28 @@ class Progress:
 
 
 def _summary(result) -> Table:
-    rows = ([result.reference] if result.reference else []) + [t for t in result.top(5) if not t.reference]
-    table = Table(title=f"Study {result.study_name}: the reference and the top feasible trials")
-    for col in ("trial", "configuration (baseline knobs omitted)", "p50 ms", "p95 ms", "samples/s", "speedup",
-                "peak MB", "size MB", "accuracy", "drop"):
+    train = result.task == "train"
+    rows = ([result.reference] if result.reference else []) + [t for t in result.top(5) if t is not result.reference]
+    ref_name = "fp32 eager, no checkpointing, largest batch that fits" if train else "every knob at its baseline"
+    table = Table(title=f"Study {result.study_name}: the reference ({ref_name}) and the top feasible trials")
+    columns = (("trial", "configuration (baseline knobs omitted)", "batch", "step p50 ms", "step p95 ms", "samples/s",
+                "speedup", "peak MB", "loss dev", "grad cos") if train else
+               ("trial", "configuration (baseline knobs omitted)", "p50 ms", "p95 ms", "samples/s", "speedup",
+                "peak MB", "size MB", "accuracy", "drop"))
+    for col in columns:
         table.add_column(col, justify="left" if col.startswith("configuration") else "right")
     for t in rows:
         m = t.metrics
         speedup = result.speedup(t)
-        table.add_row(
-            f"{t.number} (ref)" if t.reference else str(t.number), escape(_describe(t.config)),
-            f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}",
-            f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}", f"{m['model_size_mb']:.2f}",
-            f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}",
-        )
+        head = [f"{t.number} (ref)" if t is result.reference else str(t.number), escape(_describe(t.config))]
+        if train:
+            table.add_row(*head, str(t.config["batch_size"]), f"{m['latency_ms_p50']:.1f}", f"{m['latency_ms_p95']:.1f}",
+                          f"{m['throughput']:,.0f}", f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}",
+                          f"{m['accuracy_drop']:.4f}", f"{m['grad_cosine']:.4f}")
+        else:
+            table.add_row(*head, f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}",
+                          f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}", f"{m['model_size_mb']:.2f}",
+                          f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}")
     return table
 
 
@@ -131,6 +142,8 @@ def search(
                                                     "(the search then only samples the runtime it ships)."),
     out: Optional[str] = typer.Option(None, help="Bundle directory of --export (default: exports/<study>)."),
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
+    task: str = typer.Option("infer", help="infer (serving: latency, throughput) or train (the training step: "
+                                            "batch, precision, checkpointing under --target-memory)."),
     jobs: int = typer.Option(1, min=1, help="Trials at once on this machine (builds overlap; timing takes the "
                                              "device alone)."),
     fresh_workers: bool = typer.Option(False, help="A new worker process per trial instead of a warm one (~3 s "
@@ -150,7 +163,7 @@ def search(
             seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
             trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
             min_time=parse_duration_s(min_time, "--min-time"), export=export, out=out, register=register,
-            jobs=jobs, fresh_workers=fresh_workers, listeners=[Progress(console, trials)],
+            task=task, jobs=jobs, fresh_workers=fresh_workers, listeners=[Progress(console, trials)],
         )
     except AutoOptError as exc:
         _fail(exc)

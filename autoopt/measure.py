@@ -19,6 +19,11 @@ from typing import Callable
 import psutil
 
 
+class OverTarget(Exception):
+    """A trial stopped early because it already misses a target (memory past --target-memory, a
+    diverged loss): PRUNED with this reason, not FAILED."""
+
+
 @dataclass(frozen=True)
 class Latency:
     p50_ms: float

@@ -25,6 +25,14 @@ class Pipeline:
     evaluate: (predict) -> float, optional task metric on held-out data, higher is better.
     calibration_data: () -> iterable of input tuples, optional representative inputs.
     build_reference: () -> nn.Module, optional reference for the accuracy check (default build_model).
+
+    For the training task (`autoopt search --task train`):
+    make_batch: (batch_size) -> tuple, one training batch: the model's inputs (as make_inputs gives
+        them), then the targets.
+    loss_fn: (outputs, batch) -> scalar tensor.
+    blocks: (model) -> list of nn.Module, optional: the repeated blocks that checkpointing wraps
+        (default: the largest nn.ModuleList / nn.Sequential of same-typed blocks).
+    make_optimizer: (params) -> torch.optim.Optimizer, optional (default AdamW, lr 1e-3).
     """
 
     name: str
@@ -33,6 +41,10 @@ class Pipeline:
     evaluate: Callable[[Callable], float] | None = None
     calibration_data: Callable[[], Iterable[tuple]] | None = None
     build_reference: Callable[[], Any] | None = None
+    make_batch: Callable[[int], tuple] | None = None
+    loss_fn: Callable[[Any, tuple], Any] | None = None
+    blocks: Callable[[Any], list] | None = None
+    make_optimizer: Callable[[Any], Any] | None = None
     source: str | None = field(default=None, compare=False)  # the file it was loaded from
 
     def __post_init__(self) -> None:
@@ -42,13 +54,31 @@ class Pipeline:
         for attr in ("build_model", "make_inputs"):
             if not callable(getattr(self, attr)):
                 raise PipelineError(f"{where}: Pipeline '{attr}' must be a function. Got {getattr(self, attr)!r}.")
-        for attr in ("evaluate", "calibration_data", "build_reference"):
+        for attr in ("evaluate", "calibration_data", "build_reference", "make_batch", "loss_fn", "blocks",
+                     "make_optimizer"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 raise PipelineError(f"{where}: Pipeline '{attr}' must be a function or None. Got {value!r}.")
 
     def reference_model(self):
         return (self.build_reference or self.build_model)()
+
+    def train_blocks(self, model) -> tuple[str, list]:
+        """(where the blocks are, the blocks) that checkpointing wraps."""
+        if self.blocks is not None:
+            return "the pipeline's blocks()", list(self.blocks(model))
+        from .knobs.checkpointing import find_blocks
+
+        name, blocks = find_blocks(model)
+        return (f"{name or 'the model'} ({len(blocks)} x {type(blocks[0]).__name__})" if blocks else ""), blocks
+
+    def optimizer(self, params):
+        import torch
+
+        return self.make_optimizer(params) if self.make_optimizer is not None else torch.optim.AdamW(params, lr=1e-3)
+
+    def n_inputs(self) -> int:
+        return len(self.make_inputs(1))
 
 
 def bundled_pipelines() -> list[str]:
@@ -123,6 +153,34 @@ def check_pipeline(pipeline: Pipeline) -> None:
         raise PipelineError(
             f"{where}: the model must return a tensor, or a tuple or dict of tensors. Got {type(outputs).__name__}."
         )
+
+
+def check_training(pipeline: Pipeline) -> tuple[str, int]:
+    """Check the training contract once (one step of the reference); returns where the repeated
+    blocks are and how many (0: none found)."""
+    import torch
+
+    where = pipeline.source or f"pipeline {pipeline.name!r}"
+    missing = [a for a in ("make_batch", "loss_fn") if getattr(pipeline, a) is None]
+    if missing:
+        raise PipelineError(f"{where}: --task train needs make_batch and loss_fn in the Pipeline; missing "
+                            f"{', '.join(missing)}. Add make_batch(batch_size) -> (inputs..., targets...) and "
+                            f"loss_fn(outputs, batch) -> scalar tensor.")
+    batch = _call(where, "make_batch", pipeline.make_batch, 2)
+    n = pipeline.n_inputs()
+    if not isinstance(batch, tuple) or len(batch) <= n or not all(isinstance(t, torch.Tensor) for t in batch):
+        raise PipelineError(f"{where}: make_batch(2) must return a tuple of tensors: the model's {n} input(s), then "
+                            f"the targets. Got {type(batch).__name__} of length {len(batch) if isinstance(batch, tuple) else '-'}.")
+    model = pipeline.build_model().train()
+    outputs = _call(where, "the model's forward on make_batch(2)", model, *batch[:n])
+    loss = _call(where, "loss_fn", pipeline.loss_fn, outputs, batch)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+        raise PipelineError(f"{where}: loss_fn(outputs, batch) must return a scalar tensor that requires grad. "
+                            f"Got {loss!r}.")
+    found, blocks = pipeline.train_blocks(model)
+    if pipeline.blocks is not None and (not blocks or not all(isinstance(b, torch.nn.Module) for b in blocks)):
+        raise PipelineError(f"{where}: blocks(model) must return a non-empty list of nn.Module. Got {blocks!r}.")
+    return found, len(blocks)
 
 
 def check_metric(where: str, value: object) -> float:

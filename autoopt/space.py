@@ -60,6 +60,7 @@ class Space:
     domains: dict[str, Domain]
     source: str
     notes: list[str] = field(default_factory=list)  # values dropped or added at load, for the user
+    task: str = "infer"
 
     def distributions(self) -> dict:
         return {name: domain.distribution() for name, domain in self.domains.items()}
@@ -68,11 +69,17 @@ class Space:
         return {name: domain.suggest(trial) for name, domain in self.domains.items()}
 
     def reference_config(self) -> dict:
-        return {name: knobs.REGISTRY[name].baseline for name in self.domains}
+        """Every knob at its baseline; a training space's batch size at its smallest value (the
+        training report's reference is the largest fp32 batch without checkpointing that fits)."""
+        config = {name: knobs.REGISTRY[name].baseline for name in self.domains}
+        if self.task == "train":
+            domain = self.domains["batch_size"]
+            config["batch_size"] = int(min(domain.choices) if domain.choices is not None else domain.low)
+        return config
 
 
-def resolve_space_path(ref: str | os.PathLike | None) -> Path:
-    ref = DEFAULT_SPACE if ref is None else os.fspath(ref)
+def resolve_space_path(ref: str | os.PathLike | None, task: str = "infer") -> Path:
+    ref = (DEFAULT_SPACE if task == "infer" else task) if ref is None else os.fspath(ref)
     path = Path(ref)
     if not path.exists() and path.suffix == "" and os.sep not in ref:
         path = SPACES_DIR / f"{ref}.yaml"
@@ -82,9 +89,13 @@ def resolve_space_path(ref: str | os.PathLike | None) -> Path:
     return path
 
 
-def load_space(ref: str | os.PathLike | None = None, device: str = "cpu") -> Space:
-    path = resolve_space_path(ref)
-    where = str(ref) if ref is not None else f"search_spaces/{DEFAULT_SPACE}.yaml"
+def load_space(ref: str | os.PathLike | None = None, device: str = "cpu", task: str = "infer") -> Space:
+    """The space of `task`: "infer" (default space: search_spaces/default.yaml) or "train"
+    (search_spaces/train.yaml). A knob of the other task is an error, not silently ignored."""
+    if task not in knobs.TASKS:
+        raise ConfigError(f"task must be one of [{', '.join(knobs.TASKS)}]. Got {task!r}.")
+    path = resolve_space_path(ref, task)
+    where = str(ref) if ref is not None else f"search_spaces/{path.name}"
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -100,12 +111,27 @@ def load_space(ref: str | os.PathLike | None = None, device: str = "cpu") -> Spa
         raise ConfigError(
             f"The '{unknown[0]}' entry of {where} is not a knob. Expected one of [{', '.join(knobs.REGISTRY)}]."
         )
-    space = Space(domains={}, source=str(path))
-    for name, knob in knobs.REGISTRY.items():
+    task_knobs = [name for name, knob in knobs.REGISTRY.items() if task in knob.tasks]
+    for name in raw:
+        if name not in task_knobs:
+            other = "an inference" if task == "train" else "a training"
+            raise ConfigError(
+                f"The '{name}' entry of {where} is {other} knob; --task {task} searches [{', '.join(task_knobs)}]. "
+                f"Remove it, or search it with --task {'infer' if task == 'train' else 'train'}."
+            )
+    space = Space(domains={}, source=str(path), task=task)
+    for name in task_knobs:
+        knob = knobs.REGISTRY[name]
         if name in raw:
             domain = _domain(knob, raw[name], where)
+            if task == "train" and knob.train_choices and domain.choices is not None:
+                for value in domain.choices:
+                    if value not in knob.train_choices:
+                        raise ConfigError(f"The '{name}' entry of {where} must be one of "
+                                          f"[{', '.join(knob.train_choices)}] for --task train. Got {value!r}.")
             domain = _drop_unavailable(knob, domain, device, where, space.notes)
-            domain = _with_baseline(knob, domain, where, space.notes)
+            if not (task == "train" and name == "batch_size"):
+                domain = _with_baseline(knob, domain, where, space.notes)
         else:
             domain = Domain(name, choices=(knob.baseline,))
         space.domains[name] = domain

@@ -21,15 +21,20 @@ INTERRUPTED = "interrupted by the user"  # the reason of a trial stopped by Ctrl
 ABANDONED = "abandoned: the search process running it died (killed?) or stopped beating; recovered when the study resumed"
 
 
+GRAD_COSINE_MIN = 0.99  # training: the first step's gradient must point where the reference's does
+
+
 @dataclass(frozen=True)
 class Targets:
-    latency_ms: float | None = None  # bound on p95 latency of one batch call
-    memory_mb: float | None = None  # bound on peak memory growth
-    max_accuracy_drop: float = 0.01
+    latency_ms: float | None = None  # bound on p95 latency of one batch call (training: of one step)
+    memory_mb: float | None = None  # bound on peak memory (training: of one step)
+    max_accuracy_drop: float = 0.01  # training: the relative loss deviation after the numerics steps
 
     def constraints(self, metrics: dict) -> dict[str, float]:
         """Optuna constraint values: feasible iff every one is <= 0."""
         out = {"accuracy": metrics["accuracy_drop"] - self.max_accuracy_drop}
+        if "grad_cosine" in metrics:
+            out["gradient"] = GRAD_COSINE_MIN - metrics["grad_cosine"]
         if self.latency_ms is not None:
             out["latency"] = metrics["latency_ms_p95"] - self.latency_ms
         if self.memory_mb is not None:
@@ -37,7 +42,8 @@ class Targets:
         return out
 
     def bound(self, name: str) -> float:
-        return {"accuracy": self.max_accuracy_drop, "latency": self.latency_ms, "memory": self.memory_mb}[name]
+        return {"accuracy": self.max_accuracy_drop, "latency": self.latency_ms, "memory": self.memory_mb,
+                "gradient": GRAD_COSINE_MIN}[name]
 
     def describe_violation(self, name: str, excess: float) -> str:
         bound = self.bound(name)
@@ -46,6 +52,8 @@ class Targets:
             return f"latency p95 {bound + excess:.2f} ms is over the {bound:g} ms target by {excess:.2f} ms{share}"
         if name == "memory":
             return f"peak memory {bound + excess:.1f} MB is over the {bound:g} MB target by {excess:.1f} MB{share}"
+        if name == "gradient":
+            return f"gradient cosine {bound - excess:.4f} vs the reference is under the required {bound:g}"
         return f"accuracy drop {bound + excess:.4f} is over the allowed {bound:g} by {excess:.4f}"
 
 
@@ -314,15 +322,19 @@ def _within_pruned_scope(study, config: dict):
     return None
 
 
-# Knobs that change speed but not numerics: the pipeline's evaluate batches by itself, and the
-# fidelity check uses fixed batches, so the accuracy of a candidate does not depend on them.
+# Knobs that change speed but not numerics: the pipeline's evaluate batches by itself, the fidelity
+# check and the training numerics use fixed batches, so a candidate's numerics do not depend on them.
 NUMERICS_FREE = ("batch_size", "threads")
+NUMERICS_METRICS = ("accuracy", "loss_final", "loss_deviation", "grad_cosine", "accuracy_drop")
 
 
-def known_accuracy(study, config: dict) -> float | None:
-    """The accuracy an earlier trial measured for the same numerics, or None."""
+def known_numerics(study, config: dict) -> dict | None:
+    """The numerics metrics (accuracy; for training the loss deviation and gradient cosine) an earlier
+    trial measured for the same numerics, or None."""
     earlier = _earlier_complete(study, config, ignoring=NUMERICS_FREE)
-    return earlier.user_attrs["metrics"]["accuracy"] if earlier else None
+    if earlier is None:
+        return None
+    return {k: v for k, v in earlier.user_attrs["metrics"].items() if k in NUMERICS_METRICS}
 
 
 def _earlier_complete(study, config: dict, ignoring: tuple = ()):

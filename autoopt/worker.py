@@ -7,8 +7,8 @@ once: about 3 s saved per trial) and replaced after a crash, a timeout or `max_t
 and two pipes:
 
     stdin, one JSON line per trial:  {request, result, log}  (paths)
-    request: {pipeline, config, device, threads, min_time_s, min_calls, workdir, known_accuracy,
-              memory_limit_mb, trial}
+    request: {task, pipeline, config, device, threads, min_time_s, min_calls, workdir, known_numerics,
+              memory_limit_mb, trial, reference_numerics (training)}
     result:  {status: complete | pruned | failed, reason, metrics}
     done pipe: one line per trial once its result file is written
 
@@ -37,6 +37,7 @@ import traceback
 from pathlib import Path
 
 from .errors import Unsupported
+from .measure import OverTarget
 
 CALIBRATION_BATCHES = 16
 MAX_TRIALS_PER_WORKER = 25  # then a fresh process: bounds whatever a runtime leaks between trials
@@ -92,10 +93,6 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     return runtime, prepared, ctx, time.perf_counter() - started
 
 
-class OverTarget(Exception):
-    """A trial stopped early because it already misses a target: PRUNED with this reason."""
-
-
 _PIPELINES: dict = {}  # a warm worker loads each pipeline once
 
 
@@ -128,6 +125,11 @@ def run_trial(request: dict) -> dict:
     threads = int(config.get("threads", request["threads"]))
     torch.set_num_threads(threads)
     pipeline = _pipeline(request)
+    if request.get("task") == "train":
+        from .training import run_train_trial
+
+        return run_train_trial(pipeline, {**request, "config": {**config, "threads": threads}},
+                               lambda exclusive: device_lock(device, exclusive))
     inputs = tuple(t.to(device) for t in pipeline.make_inputs(int(config["batch_size"])))
     with device_lock(device, exclusive=False):
         runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request["workdir"], inputs)
@@ -151,7 +153,7 @@ def run_trial(request: dict) -> dict:
         measure_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    accuracy = request.get("known_accuracy")
+    accuracy = (request.get("known_numerics") or {}).get("accuracy")
     if accuracy is None:
         with device_lock(device, exclusive=False):
             accuracy = candidate_accuracy(pipeline, built.predict)

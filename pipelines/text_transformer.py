@@ -7,7 +7,8 @@ outputs. The task: sequences of 8 to 32 tokens mix filler words with keywords of
 is the topic whose keywords occur most often. The model trains on first use (under 2 minutes on 2
 cores) and caches its weights in autoopt's cache directory, loaded with `weights_only=True`.
 It is written the way PyTorch intends (the fused encoder fast path applies in eval mode): no knob
-gets to look good against a deliberately slow eager model.
+gets to look good against a deliberately slow eager model. It also defines the training contract
+(make_batch, loss_fn) for `autoopt search --task train`.
 """
 
 from __future__ import annotations
@@ -108,6 +109,23 @@ def evaluate(predict) -> float:
     return correct / len(labels)
 
 
+@functools.cache
+def _train_pool() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return generate(2048, seed=SEED + 3)
+
+
+def make_batch(batch_size: int) -> tuple[torch.Tensor, ...]:
+    """One training batch for `--task train`: the model's inputs, then the labels. Random rows of a
+    fixed pool, drawn with torch's global generator (autoopt seeds it for the numerics check)."""
+    ids, mask, labels = _train_pool()
+    idx = torch.randint(0, len(ids), (batch_size,))
+    return (ids[idx], mask[idx], labels[idx])
+
+
+def loss_fn(outputs: dict[str, torch.Tensor], batch: tuple) -> torch.Tensor:
+    return F.cross_entropy(outputs["logits"], batch[2])
+
+
 def calibration_data():
     ids, mask, _ = generate(8 * 32, seed=SEED + 2)
     return [(ids[i:i + 32], mask[i:i + 32]) for i in range(0, len(ids), 32)]
@@ -119,4 +137,7 @@ PIPELINE = autoopt.Pipeline(
     make_inputs=make_inputs,
     evaluate=evaluate,
     calibration_data=calibration_data,
+    make_batch=make_batch,
+    loss_fn=loss_fn,
+    # blocks: found by autoopt (encoder.layers, 4 x TransformerEncoderLayer); the optimizer: AdamW.
 )

@@ -84,8 +84,9 @@ def test_an_out_of_domain_value_is_a_clear_error(name, write_file):
     knob = REGISTRY[name]
     bad = "bogus" if knob.choices is not None else knob.bounds[1] + 1
     path = write_file("space.yaml", f"{name}: [{bad}]\n")
+    assert knob.tasks and set(knob.tasks) <= set(knobs.TASKS)
     with pytest.raises(ConfigError) as info:
-        load_space(path, "cpu")
+        load_space(path, "cpu", knob.tasks[0])
     assert str(info.value).startswith(f"The '{name}' entry of {path} must contain only values {knob.describe_domain()}")
 
 

@@ -51,7 +51,7 @@ def test_baseline_is_added_to_a_list_that_lacks_it(write_file):
      "The 'precision' entry of {f} must contain only values one of [fp32, bf16, fp16]. Got 'int3'."),
     ("quantisation: [none]\n",
      "The 'quantisation' entry of {f} is not a knob. Expected one of [pruning_amount, pruning_method, quantization, "
-     "quant_granularity, precision, batch_size, threads, compile_mode, graph_fusion]."),
+     "quant_granularity, precision, batch_size, threads, compile_mode, graph_fusion, checkpointing]."),
     ("batch_size: []\n",
      "The 'batch_size' entry of {f} must list at least one value, an integer in [1, 65536]. Got []."),
     ("batch_size: [1, 0]\n",
@@ -88,14 +88,17 @@ def test_invalid_yaml_names_the_line(write_file):
 
 
 def test_missing_file():
-    with pytest.raises(ConfigError, match=r"Search space file nope.yaml not found. Expected a YAML file path or one of \['cpu', 'default', 'gpu'\]."):
+    with pytest.raises(ConfigError, match=r"Search space file nope.yaml not found. Expected a YAML file path or one of \['cpu', 'default', 'gpu', 'train'\]."):
         load_space("nope.yaml", "cpu")
 
 
-def test_suggest_returns_a_plain_dict_of_every_knob():
+def test_suggest_returns_a_plain_dict_of_every_knob_of_the_task():
     import optuna
 
     space = load_space(None, "cpu")
     study = optuna.create_study()
     config = space.suggest(study.ask())
-    assert set(config) == set(knobs.REGISTRY)
+    assert set(config) == set(knobs.REGISTRY) - {"checkpointing"}
+    train = load_space(None, "cpu", "train")
+    assert set(train.suggest(optuna.create_study().ask())) == {"batch_size", "precision", "threads", "compile_mode", "checkpointing"}
+    assert train.reference_config()["batch_size"] == 16  # the smallest batch of search_spaces/train.yaml

@@ -3,7 +3,7 @@
 import optuna
 
 from autoopt import knobs
-from autoopt.study import _same_config, known_accuracy
+from autoopt.study import _same_config, known_numerics
 from autoopt.worker import calibration_batches
 from autoopt.pipeline import load_pipeline
 from conftest import TINY_DICT
@@ -22,9 +22,9 @@ def study_with(config: dict, accuracy: float):
 def test_accuracy_is_reused_across_batch_size_and_threads_only():
     base = {**knobs.reference_config(), "quantization": "dynamic_int8", "compile_mode": "onnxruntime"}
     study = study_with(base, 0.97)
-    assert known_accuracy(study, {**base, "batch_size": 64, "threads": 1}) == 0.97
-    assert known_accuracy(study, {**base, "quantization": "static_int8"}) is None
-    assert known_accuracy(study, {**base, "compile_mode": "eager"}) is None
+    assert known_numerics(study, {**base, "batch_size": 64, "threads": 1}) == {"accuracy": 0.97}
+    assert known_numerics(study, {**base, "quantization": "static_int8"}) is None
+    assert known_numerics(study, {**base, "compile_mode": "eager"}) is None
 
 
 def test_equivalent_configurations_share_a_measurement():

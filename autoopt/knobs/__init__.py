@@ -3,7 +3,7 @@ then quantization, then precision), before the runtime builds `predict`."""
 
 from __future__ import annotations
 
-from . import (batch_size, compile_mode, graph_fusion, precision, pruning_amount, pruning_method,
+from . import (batch_size, checkpointing, compile_mode, graph_fusion, precision, pruning_amount, pruning_method,
                quant_granularity, quantization, threads)
 from .base import Knob
 
@@ -17,12 +17,16 @@ REGISTRY: dict[str, Knob] = {k.name: k for k in (
     threads.KNOB,
     compile_mode.KNOB,
     graph_fusion.KNOB,
+    checkpointing.KNOB,
 )}
 
+TASKS = ("infer", "train")
 
-def reference_config() -> dict:
-    """The configuration of the reference trial: every knob at its baseline (fp32, eager, batch 1)."""
-    return {name: knob.baseline for name, knob in REGISTRY.items()}
+
+def reference_config(task: str = "infer") -> dict:
+    """The configuration of the reference trial: every knob of the task at its baseline (fp32, eager,
+    batch 1, no checkpointing)."""
+    return {name: knob.baseline for name, knob in REGISTRY.items() if task in knob.tasks}
 
 
 def canonical(config: dict) -> dict:
@@ -64,5 +68,5 @@ def apply_model_knobs(model, config: dict, ctx, realized_by_runtime: frozenset =
     return model
 
 
-__all__ = ["Knob", "REGISTRY", "reference_config", "canonical", "describe", "in_scope", "conflict",
+__all__ = ["Knob", "REGISTRY", "TASKS", "reference_config", "canonical", "describe", "in_scope", "conflict",
            "apply_model_knobs"]

@@ -10,6 +10,8 @@
 - `apply(model, config, ctx)`: the model-level transform, for knobs realized on the nn.Module.
   Knobs realized elsewhere (by the runtime, by the measurement) leave it None; a runtime that
   realizes a knob itself lists it in its REALIZES set and `apply` is skipped for it.
+- `tasks`: the tasks that search this knob ("infer", "train"); `train_choices` narrows a categorical
+  knob's values for the training task (compile_mode: eager and inductor only).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Knob:
     conflict: Callable[[dict, str], str | None] = _never
     relevant: Callable[[dict], bool] = _always
     apply: Callable[[Any, dict, Any], Any] | None = None
+    tasks: tuple[str, ...] = ("infer",)
+    train_choices: tuple | None = None
 
     @property
     def numeric(self) -> bool:

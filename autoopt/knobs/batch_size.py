@@ -8,4 +8,5 @@ KNOB = Knob(
     baseline=1,
     bounds=(1, 65536),
     integer=True,
+    tasks=("infer", "train"),
 )

@@ -25,4 +25,6 @@ KNOB = Knob(
     choices=tuple(runtimes.RUNTIMES),
     unavailable=_unavailable,
     conflict=_conflict,
+    tasks=("infer", "train"),
+    train_choices=("eager", "inductor"),
 )

@@ -41,4 +41,5 @@ KNOB = Knob(
     choices=tuple(DTYPES),
     unavailable=_unavailable,
     apply=_apply,
+    tasks=("infer", "train"),
 )

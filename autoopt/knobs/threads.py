@@ -27,4 +27,5 @@ KNOB = Knob(
     bounds=(1, 1024),
     integer=True,
     unavailable=_unavailable,
+    tasks=("infer", "train"),
 )
