@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .bundle import FORMATS, export_trial, package_versions, select_trial
 from .knobs import TASKS
 from .pipeline import Pipeline, check_pipeline, check_training, load_pipeline
+from .report import write_report
 from .space import load_space
 from .knobs.threads import available_cores
 from .study import (COMPLETE, Targets, TrialRecord, closest_infeasible, known_numerics, open_study, ranked_feasible,
@@ -72,9 +73,14 @@ class SearchResult:
         return [self.targets.describe_violation(k, v) for k, v in trial.constraints.items() if v > 0]
 
     def speedup(self, trial: TrialRecord) -> float | None:
-        """Throughput relative to the reference trial (same run, same machine)."""
+        """Throughput relative to the reference: the median of per-round ratios from the interleaved
+        re-measurement when both took part in it, else the ratio of their figures in the search."""
         ref = self.reference
-        return trial.metrics["throughput"] / ref.metrics["throughput"] if ref else None
+        if ref is None:
+            return None
+        if trial.remeasured and ref.remeasured:
+            return trial.remeasured["speedup"] / ref.remeasured["speedup"]
+        return trial.metrics["throughput"] / ref.metrics["throughput"]
 
     def runs_url(self, base: str = "http://127.0.0.1:5000") -> str:
         return runs_url(base, self.experiment_id, self.study_name)
@@ -100,6 +106,7 @@ def search(
     out: str | os.PathLike | None = None,
     register: str | None = None,
     task: str = "infer",
+    remeasure_top: int = 3,
     jobs: int = 1,
     fresh_workers: bool = False,
     listeners: list | tuple = (),
@@ -119,6 +126,8 @@ def search(
     export / out / register: after the search, export the best feasible trial as "onnx" or
     "torchscript" to `out` (and register it in MLflow under `register`); the search then only samples
     the runtime that format ships, so the measured model and the shipped model are the same thing.
+    remeasure_top: at the end, re-time the reference and this many best feasible trials interleaved
+    (A B A B ...) in one process and pick the winner from those figures (0: off; inference only).
     jobs: trials run at once on this machine, each in its own worker process. Builds, compiles and
     accuracy checks overlap; latency measurement takes the device alone (a machine-wide lock), so the
     figures stay comparable while the wall time shrinks by what the overlap saves.
@@ -184,13 +193,15 @@ def search(
            for name, v in package_versions("autoopt", "torch", "optuna", "onnxruntime", "mlflow").items()},
     })
     # What a later `autoopt export` needs to rebuild a trial and log the model beside the study.
+    optuna_study.set_user_attr("remeasured", {})  # figures of an earlier run of this study are stale now
     optuna_study.set_user_attr("autoopt", {
-        "pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id,
+        "pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id, "task": task,
     })
     with tempfile.TemporaryDirectory(prefix="autoopt-") as tmp:
         request = {"task": task, "pipeline": pipe.source, "pipeline_pickle": _pickle_if_needed(pipe, tmp),
                    "device": device, "threads": available_cores(), "min_time_s": min_time_s, "min_calls": 20,
-                   "memory_limit_mb": targets.memory_mb}
+                   "memory_limit_mb": targets.memory_mb,
+                   "latency_limit_ms": targets.latency_ms if task == "infer" else None}
         if task == "train":
             from .training import reference_numerics
 
@@ -214,6 +225,8 @@ def search(
         try:
             run(optuna_study, search_space, [evaluator(w) for w in workers], targets, trials, timeout_s, device,
                 [tracker, *listeners], backend, on_interrupt=lambda: [w.interrupt() for w in workers])
+            if task == "infer" and remeasure_top:
+                _remeasure(optuna_study, records(optuna_study), request, targets, remeasure_top, tmp, trial_timeout_s)
         except KeyboardInterrupt:
             interrupted = True  # the running trials are already stopped and marked; report what finished
         finally:
@@ -224,7 +237,9 @@ def search(
             trials=records(optuna_study), reference_accuracy=ref_accuracy, tracking_uri=uri, task=task,
             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, interrupted=interrupted,
         )
-        tracker.finish_study(result.best, result.trials, targets.max_accuracy_drop, Path(tmp), interrupted)
+        files = write_report(result.trials, targets, optuna_study, result.reference, Path(tmp),
+                             f"Study {study_name} ({pipe.name}, task {task})")
+        tracker.finish_study(result.best, files, interrupted)
     if export is not None and not interrupted:
         try:
             chosen = select_trial(optuna_study, None, export)
@@ -248,6 +263,9 @@ def export(study: str, *, trial: int | None = None, format: str = "onnx", out: s
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of [{', '.join(FORMATS)}]. Got {format!r}.")
     optuna_study = load_study(study, tracking_uri, storage)
+    if optuna_study.user_attrs.get("autoopt", {}).get("task") == "train":
+        raise ConfigError(f"Study {study} searched the training step (--task train): there is no inference model "
+                          "to export. Export a study of --task infer.")
     chosen = select_trial(optuna_study, trial, format)
     if pipeline is None and not optuna_study.user_attrs.get("autoopt", {}).get("pipeline"):
         raise ConfigError(f"Study {study} searched an in-memory pipeline: pass pipeline= to export it.")
@@ -291,6 +309,41 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for, but no CUDA device is visible. Use --device cpu.")
     return device
+
+
+REMEASURE_ROUNDS = 10
+
+
+def _remeasure(study, trials: list[TrialRecord], request: dict, targets: Targets, top: int, tmp: str,
+               timeout_s: float) -> None:
+    """Re-time the reference and the `top` best feasible trials interleaved; store the figures on the
+    study (user attr "remeasured"), where the ranking and the export find them."""
+    reference = next((t for t in trials if t.reference and t.state == COMPLETE), None)
+    candidates = [t for t in ranked_feasible(trials) if t is not reference][:top]
+    if reference is None or not candidates:
+        return
+    chosen = [reference, *candidates]
+    log.info("Re-measuring the reference and the top %d trials interleaved (%d rounds)…", len(candidates),
+             REMEASURE_ROUNDS)
+    work = Path(tmp) / "remeasure"
+    work.mkdir()
+    # A worker of its own, started from this thread: a worker dies with the thread that started it
+    # (PR_SET_PDEATHSIG), and the job threads are gone by now.
+    worker = Worker(tmp)
+    try:
+        result = worker.run({**request, "task": "remeasure", "configs": [t.config for t in chosen],
+                             "rounds": REMEASURE_ROUNDS, "round_time_s": max(0.05, request["min_time_s"] / 5)},
+                            str(work), timeout_s)
+    finally:
+        worker.close()
+    if result["status"] != "complete":
+        log.warning("The interleaved re-measurement failed (%s): the search's own figures stand.", result["reason"])
+        return
+    figures = {}
+    for t, fig in zip(chosen, result["metrics"]["figures"]):
+        fig["feasible"] = targets.latency_ms is None or fig["latency_ms_p95"] <= targets.latency_ms
+        figures[str(t.number)] = fig
+    study.set_user_attr("remeasured", figures)
 
 
 def _check_checkpointing(space, found: str, n_blocks: int, explicit: bool) -> None:

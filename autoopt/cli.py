@@ -110,7 +110,8 @@ def _summary(result) -> Table:
     for t in rows:
         m = t.metrics
         speedup = result.speedup(t)
-        head = [f"{t.number} (ref)" if t is result.reference else str(t.number), escape(_describe(t.config))]
+        mark = "*" if t.remeasured else ""
+        head = [f"{t.number}{mark} (ref)" if t is result.reference else f"{t.number}{mark}", escape(_describe(t.config))]
         if train:
             table.add_row(*head, str(t.config["batch_size"]), f"{m['latency_ms_p50']:.1f}", f"{m['latency_ms_p95']:.1f}",
                           f"{m['throughput']:,.0f}", f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}",
@@ -142,6 +143,8 @@ def search(
                                                     "(the search then only samples the runtime it ships)."),
     out: Optional[str] = typer.Option(None, help="Bundle directory of --export (default: exports/<study>)."),
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
+    remeasure_top: int = typer.Option(3, min=0, help="Re-time the reference and this many best trials interleaved "
+                                                     "at the end; the winner is chosen on those figures (0: off)."),
     task: str = typer.Option("infer", help="infer (serving: latency, throughput) or train (the training step: "
                                             "batch, precision, checkpointing under --target-memory)."),
     jobs: int = typer.Option(1, min=1, help="Trials at once on this machine (builds overlap; timing takes the "
@@ -163,7 +166,7 @@ def search(
             seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
             trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
             min_time=parse_duration_s(min_time, "--min-time"), export=export, out=out, register=register,
-            task=task, jobs=jobs, fresh_workers=fresh_workers, listeners=[Progress(console, trials)],
+            task=task, remeasure_top=remeasure_top, jobs=jobs, fresh_workers=fresh_workers, listeners=[Progress(console, trials)],
         )
     except AutoOptError as exc:
         _fail(exc)
@@ -171,6 +174,9 @@ def search(
         err.print("interrupted")
         raise typer.Exit(130)
     console.print(_summary(result))
+    if any(t.remeasured for t in result.trials):
+        console.print("* re-measured at the end, interleaved with the reference (10 rounds): the speedup is the "
+                      "median of the per-round ratios, and the winner is chosen on these figures.", highlight=False)
     if result.interrupted:
         err.print(f"Interrupted: the study holds {len(result.trials)} trials; "
                   f"run again with --study {result.study_name} to continue.", highlight=False)
@@ -246,8 +252,15 @@ def trials(
         table.add_column(col, justify="left" if col.startswith(("configuration", "state", "feasible")) else "right")
     for t in records:
         m = t.metrics
-        cells = [f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}", f"{m['peak_memory_mb']:.1f}",
-                 f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}"] if m else ["-"] * 5
+        # A training trial has no accuracy: its numerics are the loss deviation (the "drop").
+        # A training trial has no accuracy: its numerics are the loss deviation (the "drop"); a trial
+        # stopped past a target has only what was measured until then.
+        def cell(key: str, spec: str) -> str:
+            return format(m[key], spec) if key in m else "-"
+
+        accuracy = cell("accuracy", ".4f") if "grad_cosine" not in m else f"cos {m['grad_cosine']:.4f}"
+        cells = [cell("latency_ms_p95", ".2f"), cell("throughput", ",.0f"), cell("peak_memory_mb", ".1f"),
+                 accuracy, cell("accuracy_drop", "+.4f")]
         note = ("yes" if t.feasible else "no") if t.state == "COMPLETE" else (t.reason or "")
         table.add_row(str(t.number), t.state, escape(_describe(t.config)), *cells, escape(note))
     console.print(table)
@@ -262,8 +275,15 @@ def ui(
     """Start the MLflow UI on the store, bound to 127.0.0.1, and print the URL of the study's trials."""
     from . import tracking
 
+    import signal
+
     uri, _ = tracking.resolve_store(tracking_uri)
     base = f"http://127.0.0.1:{port}"
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    # A SIGTERM (a service manager, `kill`) stops the UI like Ctrl-C does: the server goes too.
+    signal.signal(signal.SIGTERM, interrupt)
     proc = tracking.start_ui(uri, port=port)
     console.print(f"Starting the MLflow UI on {base} (store {uri}) …", highlight=False)
     try:
@@ -273,7 +293,7 @@ def ui(
                 err.print(f"[bold red]error:[/] the MLflow UI exited with code {proc.returncode} (is port {port} free?).")
                 raise typer.Exit(1)
             if time.monotonic() > deadline:
-                proc.terminate()
+                tracking.stop_ui(proc)
                 err.print("[bold red]error:[/] the MLflow UI did not answer within 120 s.")
                 raise typer.Exit(1)
             time.sleep(0.5)
@@ -289,8 +309,7 @@ def ui(
         console.print("Press Ctrl-C to stop.")
         proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
+        tracking.stop_ui(proc)
         raise typer.Exit(130)
 
 

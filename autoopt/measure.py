@@ -20,8 +20,12 @@ import psutil
 
 
 class OverTarget(Exception):
-    """A trial stopped early because it already misses a target (memory past --target-memory, a
-    diverged loss): PRUNED with this reason, not FAILED."""
+    """A trial stopped because it already misses a target (latency or memory past the target, a
+    diverged loss): PRUNED with this reason, not FAILED, and with what was measured until then."""
+
+    def __init__(self, reason: str, metrics: dict | None = None):
+        super().__init__(reason)
+        self.metrics = dict(metrics or {})
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,11 @@ def time_calls(
     warmup_max_s: float = 5.0,
     stable_tolerance: float = 0.1,
     sync: Callable[[], None] | None = None,
-    after_call: Callable[[int], None] | None = None,
+    after_call: Callable[[int, float], None] | None = None,
 ) -> Latency:
     """Time `fn()`; `sync` (e.g. torch.cuda.synchronize) is called before each clock read, and
-    `after_call(calls so far)` after it (outside the timed span): it may raise to stop early."""
+    `after_call(calls so far, seconds of this call)` after it (outside the timed span): it may raise
+    to stop early."""
     sync = sync or (lambda: None)
     calls = 0
 
@@ -67,7 +72,7 @@ def time_calls(
         elapsed = time.perf_counter() - start
         calls += 1
         if after_call is not None:
-            after_call(calls)
+            after_call(calls, elapsed)
         return elapsed
 
     # Warm-up: windows of `warmup_min_calls` calls until two consecutive medians agree.
@@ -98,6 +103,33 @@ def time_calls(
         calls=len(samples),
         warmup_calls=len(warm),
     )
+
+
+NOISY_CV = 0.2  # timed calls spread wider than this (stdev / mean) make a measurement unreliable
+
+
+def time_steadily(fn: Callable[[], object], *, repeats: int = 1, noisy_cv: float = NOISY_CV,
+                  **kwargs) -> tuple[Latency, int]:
+    """`time_calls`, measured again (up to `repeats` more times) while its coefficient of variation is
+    above `noisy_cv`; the steadiest measurement is kept. Returns it and how many repeats were run."""
+    best = time_calls(fn, **kwargs)
+    done = 0
+    while best.cv > noisy_cv and done < repeats:
+        again = time_calls(fn, **kwargs)
+        done += 1
+        if again.cv < best.cv:
+            best = again
+    return best, done
+
+
+def machine_load() -> float:
+    """The 1-minute load average per core: about 0 on an idle machine, 1 when every core is busy."""
+    import os
+
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return float("nan")
 
 
 def _read_hwm_bytes() -> int | None:

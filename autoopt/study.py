@@ -31,13 +31,16 @@ class Targets:
     max_accuracy_drop: float = 0.01  # training: the relative loss deviation after the numerics steps
 
     def constraints(self, metrics: dict) -> dict[str, float]:
-        """Optuna constraint values: feasible iff every one is <= 0."""
-        out = {"accuracy": metrics["accuracy_drop"] - self.max_accuracy_drop}
+        """Optuna constraint values: feasible iff every one is <= 0. A trial stopped early has only
+        some metrics, hence only some values."""
+        out = {}
+        if "accuracy_drop" in metrics:
+            out["accuracy"] = metrics["accuracy_drop"] - self.max_accuracy_drop
         if "grad_cosine" in metrics:
             out["gradient"] = GRAD_COSINE_MIN - metrics["grad_cosine"]
-        if self.latency_ms is not None:
+        if self.latency_ms is not None and "latency_ms_p95" in metrics:
             out["latency"] = metrics["latency_ms_p95"] - self.latency_ms
-        if self.memory_mb is not None:
+        if self.memory_mb is not None and "peak_memory_mb" in metrics:
             out["memory"] = metrics["peak_memory_mb"] - self.memory_mb
         return out
 
@@ -69,6 +72,7 @@ class TrialRecord:
     reused_from: int | None = None
     log_path: str | None = None  # the worker's log while the trial is being reported
     run_id: str | None = None  # the trial's MLflow run, set by the tracker
+    remeasured: dict | None = None  # figures of the end-of-search interleaved re-measurement, if any
 
     @property
     def feasible(self) -> bool:
@@ -82,7 +86,7 @@ class TrialRecord:
             config=dict(trial.params),
             state=state,
             metrics=dict(trial.user_attrs.get("metrics", {})),
-            constraints=dict(trial.constraints or {}) if state == COMPLETE else {},
+            constraints=dict(trial.constraints or {}) if state == COMPLETE else dict(trial.user_attrs.get("constraints", {})),
             reason=trial.user_attrs.get("reason"),
             reference=bool(trial.user_attrs.get("reference")),
             reused_from=trial.user_attrs.get("reused_from"),
@@ -264,6 +268,10 @@ def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, lis
         study.tell(trial, record.metrics["throughput"])
     elif result["status"] == "pruned":
         record.state = PRUNED
+        if record.metrics:  # stopped past a target: what was measured still places it (closest trial, report)
+            record.constraints = targets.constraints(record.metrics)
+            trial.set_user_attr("metrics", record.metrics)
+            trial.set_user_attr("constraints", record.constraints)
         if result.get("scope"):
             trial.set_user_attr("pruned_scope", result["scope"])
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -358,7 +366,11 @@ def _notify(listeners: list, event: str, *args) -> None:
 
 
 def records(study) -> list[TrialRecord]:
-    return [TrialRecord.from_optuna(t) for t in study.trials]
+    remeasured = study.user_attrs.get("remeasured", {})
+    out = [TrialRecord.from_optuna(t) for t in study.trials]
+    for t in out:
+        t.remeasured = remeasured.get(str(t.number))
+    return out
 
 
 def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
@@ -375,20 +387,25 @@ def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
 
 
 def ranked_feasible(trials: list[TrialRecord]) -> list[TrialRecord]:
-    """Feasible trials by throughput, best first; a configuration appears once (in canonical form)."""
+    """Feasible trials by throughput, best first; a configuration appears once (in canonical form).
+    The top trials re-measured interleaved at the end of the search come first, ranked by those
+    figures (one stretch of the machine's time, so comparable), if they still met the targets there."""
     seen, out = set(), []
     for t in sorted((t for t in trials if t.feasible), key=lambda t: -t.metrics["throughput"]):
         key = tuple(sorted(knobs.canonical(t.config).items()))
         if key not in seen:
             seen.add(key)
             out.append(t)
-    return out
+    confirmed = sorted((t for t in out if t.remeasured and t.remeasured.get("feasible")),
+                       key=lambda t: -t.remeasured["throughput"])
+    return confirmed + [t for t in out if t not in confirmed]
 
 
 def closest_infeasible(trials: list[TrialRecord], targets: Targets) -> TrialRecord | None:
-    """The complete trial that misses the targets by the least (sum of relative excesses)."""
+    """The measured trial (complete, or stopped past a target) that misses the targets by the least
+    (sum of relative excesses)."""
     def excess(t: TrialRecord) -> float:
         return sum(max(0.0, v) / (targets.bound(k) or 1.0) for k, v in t.constraints.items())
 
-    done = [t for t in trials if t.state == COMPLETE]
+    done = [t for t in trials if t.constraints]
     return min(done, key=excess) if done else None

@@ -16,7 +16,7 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-from .study import COMPLETE, FAILED, INTERRUPTED, PRUNED, TrialRecord, pareto_front
+from .study import COMPLETE, FAILED, INTERRUPTED, PRUNED, TrialRecord
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 _MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED"}
@@ -114,6 +114,8 @@ class Tracker:
             tags["autoopt.reason"] = record.reason[:5000]
         if record.reused_from is not None:
             tags["autoopt.reused_from"] = str(record.reused_from)
+        if record.metrics.get("latency_unreliable"):
+            tags["autoopt.unreliable"] = "latency: the timed calls stayed noisy after a repeat (see latency_cv)"
         metrics = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float))}
         metrics.update({f"constraint_{k}": v for k, v in record.constraints.items()})
         self._log(run_id, metrics=metrics, tags=tags)
@@ -122,15 +124,13 @@ class Tracker:
         status = "KILLED" if record.reason == INTERRUPTED else _MLFLOW_STATUS[record.state]
         self.client.set_terminated(run_id, status=status)
 
-    def finish_study(self, best: TrialRecord | None, trials: list[TrialRecord], max_drop: float, workdir: Path,
-                     interrupted: bool = False) -> None:
+    def finish_study(self, best: TrialRecord | None, files: list[Path], interrupted: bool = False) -> None:
+        """The best trial's metrics and the report files (autoopt.report) on the parent run."""
         tags = {"autoopt.best_trial": str(best.number) if best else "none"}
         metrics = {f"best_{k}": v for k, v in (best.metrics if best else {}).items() if isinstance(v, (int, float))}
         self._log(self.parent_run_id, metrics=metrics, tags=tags)
-        if pareto_front(trials):
-            table, plot = write_pareto(trials, max_drop, workdir)
-            self.client.log_artifact(self.parent_run_id, str(table))
-            self.client.log_artifact(self.parent_run_id, str(plot))
+        for path in files:
+            self.client.log_artifact(self.parent_run_id, str(path))
         self.client.set_terminated(self.parent_run_id, status="KILLED" if interrupted else "FINISHED")
 
     def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None):
@@ -143,56 +143,26 @@ class Tracker:
         )
 
 
-def write_pareto(trials: list[TrialRecord], max_drop: float, workdir: Path) -> tuple[Path, Path]:
-    """pareto_front.csv (the front) and pareto_front.png (every complete trial, the front marked)."""
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
-    front = pareto_front(trials)
-    keys = sorted({k for t in front for k in t.config})
-    table = workdir / "pareto_front.csv"
-    with open(table, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["trial", *keys, "throughput", "accuracy_drop", "latency_ms_p95", "peak_memory_mb", "feasible"])
-        for t in front:
-            m = t.metrics
-            writer.writerow([t.number, *(t.config.get(k) for k in keys), f"{m['throughput']:.2f}",
-                             f"{m['accuracy_drop']:.5f}", f"{m['latency_ms_p95']:.3f}", f"{m['peak_memory_mb']:.1f}", t.feasible])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    done = [t for t in trials if t.state == COMPLETE and t.reused_from is None]
-    for feasible, color, label in ((True, "tab:green", "meets all targets"), (False, "tab:orange", "misses a target")):
-        group = [t for t in done if t.feasible == feasible]
-        ax.scatter([t.metrics["accuracy_drop"] for t in group], [t.metrics["throughput"] for t in group],
-                   color=color, alpha=0.6, label=label, zorder=2)
-    xs = [t.metrics["accuracy_drop"] for t in front]
-    ys = [t.metrics["throughput"] for t in front]
-    ax.step(xs, ys, where="post", color="tab:blue", label="Pareto front", zorder=1)
-    ax.scatter(xs, ys, facecolors="none", edgecolors="tab:blue", s=120, zorder=3)
-    for t, x, y in zip(front, xs, ys):
-        ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.axvline(max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"allowed drop {max_drop:g}")
-    ax.set_xlabel("accuracy drop vs the reference (lower is better)")
-    ax.set_ylabel("throughput, samples/s (higher is better)")
-    ax.set_title("Trials and the Pareto front")
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    plot = workdir / "pareto_front.png"
-    fig.savefig(plot, dpi=100)
-    plt.close(fig)
-    return table, plot
-
-
 def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, **popen) -> subprocess.Popen:
-    """The MLflow UI with settings that start fast on a small machine: one worker, no job runner."""
+    """The MLflow UI with settings that start fast on a small machine: one worker, no job runner. It
+    runs in its own process group: stop it with `stop_ui`, which also ends the server it spawns."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
            "--host", host, "--port", str(port), "--workers", "1"]
-    return subprocess.Popen(cmd, env=env, **popen)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, **popen)
+
+
+def stop_ui(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def runs_url(base: str, experiment_id: str, study_name: str) -> str:

@@ -162,7 +162,7 @@ def run_train_trial(pipeline, request: dict, lock) -> dict:
     """One training-step trial in the worker; `lock(exclusive)` is the worker's device lock."""
     import torch
 
-    from .measure import time_calls
+    from .measure import NOISY_CV, machine_load, time_steadily
     from .runtimes.base import state_dict_mb
 
     config, device = request["config"], request["device"]
@@ -183,9 +183,10 @@ def run_train_trial(pipeline, request: dict, lock) -> dict:
         peak_mb = step_peak_memory_mb(step, batch, device, request["workdir"])
         if limit_mb is not None and peak_mb > limit_mb:
             raise OverTarget(f"memory: peak {peak_mb:.1f} MB is over the {limit_mb:g} MB target "
-                             f"(one step measured, not timed)")
-        latency = time_calls(lambda: step(batch), min_time_s=request["min_time_s"], min_calls=5,
-                             warmup_min_calls=2, sync=sync)
+                             f"(one step measured, not timed)", {"peak_memory_mb": peak_mb, "build_s": build_s})
+        load = machine_load()
+        latency, repeats = time_steadily(lambda: step(batch), min_time_s=request["min_time_s"], min_calls=5,
+                                         warmup_min_calls=2, sync=sync)
         measure_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -202,6 +203,9 @@ def run_train_trial(pipeline, request: dict, lock) -> dict:
             "latency_ms_p95": latency.p95_ms,
             "latency_ms_p99": latency.p99_ms,
             "latency_cv": latency.cv,
+            "latency_repeats": repeats,
+            "latency_unreliable": int(latency.cv > NOISY_CV),
+            "machine_load": load,
             "timed_calls": latency.calls,
             "throughput": batch_size / (latency.p50_ms / 1e3),
             "peak_memory_mb": peak_mb,

@@ -28,6 +28,7 @@ import json
 import os
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,8 @@ from .errors import Unsupported
 from .measure import OverTarget
 
 CALIBRATION_BATCHES = 16
-MAX_TRIALS_PER_WORKER = 25  # then a fresh process: bounds whatever a runtime leaks between trials
+MAX_TRIALS_PER_WORKER = 25
+EARLY_STOP_MARGIN = 1.5  # a trial whose calls already take this many times the latency target stops  # then a fresh process: bounds whatever a runtime leaks between trials
 
 
 def _release_free_memory() -> None:
@@ -116,15 +118,17 @@ def run_trial(request: dict) -> dict:
     import torch
 
     from .accuracy import candidate_accuracy
-    from .measure import PeakMemory, time_calls
+    from .measure import NOISY_CV, PeakMemory, machine_load, time_steadily
 
     if "torch._dynamo" in sys.modules:  # compiled graphs of earlier trials: free them, reset the counters
         torch._dynamo.reset()
     os.environ["AUTOOPT_TRIAL"] = str(request.get("trial", ""))  # lets a pipeline tag its own logs
+    pipeline = _pipeline(request)
+    if request.get("task") == "remeasure":
+        return remeasure(pipeline, request)
     config, device = request["config"], request["device"]
     threads = int(config.get("threads", request["threads"]))
     torch.set_num_threads(threads)
-    pipeline = _pipeline(request)
     if request.get("task") == "train":
         from .training import run_train_trial
 
@@ -134,49 +138,104 @@ def run_trial(request: dict) -> dict:
     with device_lock(device, exclusive=False):
         runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request["workdir"], inputs)
 
-    limit_mb = request.get("memory_limit_mb")
+    limit_mb, limit_ms = request.get("memory_limit_mb"), request.get("latency_limit_ms")
+    recent_ms: list[float] = []
     with device_lock(device, exclusive=True):
         _release_free_memory()
         started = time.perf_counter()
         with PeakMemory(device) as peak:
-            def guard(calls: int) -> None:  # a trial already past the memory target stops here
+            def guard(calls: int, seconds: float = 0.0) -> None:  # a trial already past a target stops here
                 if limit_mb is not None and peak.current_mb() > limit_mb:
                     raise OverTarget(f"memory: peak {peak.current_mb():.1f} MB is over the {limit_mb:g} MB target "
-                                     f"(stopped after {calls} calls)")
+                                     f"(stopped after {calls} calls)", {"peak_memory_mb": peak.current_mb()})
+                if limit_ms is None or not calls:
+                    return
+                recent_ms.append(seconds * 1e3)
+                # Past the first 5 calls (first runs, JIT profiling), 5 calls in a row whose median is
+                # past EARLY_STOP_MARGIN x the target cannot end under it: stop without timing the rest.
+                if calls >= 10 and statistics.median(recent_ms[-5:]) > EARLY_STOP_MARGIN * limit_ms:
+                    median = statistics.median(recent_ms[-5:])
+                    raise OverTarget(
+                        f"latency: {median:.2f} ms per call over 5 calls, past {EARLY_STOP_MARGIN:g}x the {limit_ms:g} ms "
+                        f"target (stopped after {calls} calls; accuracy not checked)",
+                        {"latency_ms_p50": median, "latency_ms_p95": max(recent_ms[-5:]),
+                         "throughput": int(config["batch_size"]) / (median / 1e3), "stopped_early": 1})
 
             built = runtime.load(prepared, config, ctx)
             guard(0)
-            latency = time_calls(
+            load = machine_load()
+            latency, repeats = time_steadily(
                 lambda: built.predict(*inputs),
                 min_time_s=request["min_time_s"], min_calls=request["min_calls"], sync=built.sync, after_call=guard,
             )
         measure_s = time.perf_counter() - started
 
+    metrics = {
+        "latency_ms_p50": latency.p50_ms,
+        "latency_ms_p95": latency.p95_ms,
+        "latency_ms_p99": latency.p99_ms,
+        "latency_cv": latency.cv,
+        "latency_repeats": repeats,
+        "latency_unreliable": int(latency.cv > NOISY_CV),
+        "machine_load": load,
+        "timed_calls": latency.calls,
+        "throughput": int(config["batch_size"]) / (latency.p50_ms / 1e3),
+        "peak_memory_mb": peak.mb,
+        "model_size_mb": prepared.model_size_mb,
+        "threads": threads,
+        "build_s": build_s,
+        "measure_s": measure_s,
+    }
+    if limit_ms is not None and latency.p95_ms > limit_ms:  # infeasible whatever its accuracy: not checked
+        raise OverTarget(f"latency: p95 {latency.p95_ms:.2f} ms is over the {limit_ms:g} ms target "
+                         f"(accuracy not checked)", metrics)
     started = time.perf_counter()
     accuracy = (request.get("known_numerics") or {}).get("accuracy")
     if accuracy is None:
         with device_lock(device, exclusive=False):
             accuracy = candidate_accuracy(pipeline, built.predict)
-    accuracy_s = time.perf_counter() - started
-    return {
-        "status": "complete",
-        "reason": None,
-        "metrics": {
-            "latency_ms_p50": latency.p50_ms,
-            "latency_ms_p95": latency.p95_ms,
-            "latency_ms_p99": latency.p99_ms,
-            "latency_cv": latency.cv,
-            "timed_calls": latency.calls,
-            "throughput": int(config["batch_size"]) / (latency.p50_ms / 1e3),
-            "peak_memory_mb": peak.mb,
-            "model_size_mb": prepared.model_size_mb,
-            "accuracy": accuracy,
-            "threads": threads,
-            "build_s": build_s,
-            "measure_s": measure_s,
-            "accuracy_s": accuracy_s,
-        },
-    }
+    return {"status": "complete", "reason": None,
+            "metrics": {**metrics, "accuracy": accuracy, "accuracy_s": time.perf_counter() - started}}
+
+
+def remeasure(pipeline, request: dict) -> dict:
+    """Time several configurations interleaved (A B C, A B C, ... for `rounds` rounds) in one process,
+    so that each round sees the same machine state; the first configuration is the baseline of the
+    per-round throughput ratios. Returns per configuration the median figures and the median ratio."""
+    import torch
+
+    from .measure import percentile, time_calls
+
+    device = request["device"]
+    candidates = []
+    with device_lock(device, exclusive=False):
+        for i, config in enumerate(request["configs"]):
+            threads = int(config.get("threads", request["threads"]))
+            torch.set_num_threads(threads)
+            inputs = tuple(t.to(device) for t in pipeline.make_inputs(int(config["batch_size"])))
+            work = os.path.join(request["workdir"], f"candidate-{i}")
+            os.makedirs(work, exist_ok=True)
+            runtime, prepared, ctx, _ = build_candidate(pipeline, config, device, threads, work, inputs)
+            built = runtime.load(prepared, config, ctx)
+            candidates.append((built, inputs, threads, int(config["batch_size"])))
+    rounds: list[list] = [[] for _ in candidates]
+    with device_lock(device, exclusive=True):
+        for _ in range(request["rounds"]):
+            for i, (built, inputs, threads, _) in enumerate(candidates):
+                torch.set_num_threads(threads)
+                rounds[i].append(time_calls(lambda: built.predict(*inputs), min_time_s=request["round_time_s"],
+                                            min_calls=5, warmup_min_calls=2, warmup_max_s=0.5, sync=built.sync))
+    throughput = [[bs / (lat.p50_ms / 1e3) for lat in rounds[i]] for i, (*_, bs) in enumerate(candidates)]
+    figures = []
+    for i, (*_, bs) in enumerate(candidates):
+        p50 = statistics.median(lat.p50_ms for lat in rounds[i])
+        figures.append({
+            "throughput": bs / (p50 / 1e3), "latency_ms_p50": p50,
+            "latency_ms_p95": percentile([lat.p95_ms for lat in rounds[i]], 50),
+            "speedup": statistics.median(a / b for a, b in zip(throughput[i], throughput[0])),
+            "rounds": len(rounds[i]),
+        })
+    return {"status": "complete", "reason": None, "metrics": {"figures": figures}}
 
 
 def run_caught(request: dict) -> dict:
@@ -186,7 +245,7 @@ def run_caught(request: dict) -> dict:
     except Unsupported as exc:
         return {"status": "pruned", "reason": str(exc), "metrics": {}, "scope": exc.scope}
     except OverTarget as exc:
-        return {"status": "pruned", "reason": str(exc), "metrics": {}}
+        return {"status": "pruned", "reason": str(exc), "metrics": exc.metrics}
     except Exception as exc:  # noqa: BLE001 - any failure of the candidate is this trial's result
         traceback.print_exc()
         summary = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
@@ -224,6 +283,8 @@ class Worker:
         request_path, result_path, log_path = work / "request.json", work / "result.json", work / "worker.log"
         request_path.write_text(json.dumps({**request, "workdir": str(work)}))
         log_path.touch()
+        if self._proc is not None and self._proc.poll() is not None:  # died while idle: not this trial's fault
+            self.close()
         if self._proc is None:
             self._start()
         try:
@@ -298,7 +359,9 @@ def _last_line(path: Path) -> str:
 
 
 def _die_with_parent() -> None:
-    """A search killed hard (kill -9) must not leave its worker running (Linux: PR_SET_PDEATHSIG)."""
+    """A search killed hard (kill -9) must not leave its worker running (Linux: PR_SET_PDEATHSIG).
+    The signal comes when the *thread* that started the worker ends: start a worker from a thread
+    that outlives its use."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):

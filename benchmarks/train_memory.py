@@ -55,7 +55,8 @@ def peak_only(pipeline, checkpointing: str, batch_size: int, workdir: str) -> fl
 
 def largest_fit(pipeline, checkpointing: str, budget_mb: float, points: dict, workdir: str) -> dict:
     """The largest multiple of 8 whose step peak fits `budget_mb`, confirmed by measurement."""
-    (b0, m0), (b1, m1) = points[min(points)], points[max(points)]
+    b0, b1 = min(points), max(points)
+    m0, m1 = points[b0], points[b1]
     slope = (m1 - m0) / (b1 - b0)
     guess = max(8, int((budget_mb - (m0 - slope * b0)) / slope) // 8 * 8)
     measured = {}

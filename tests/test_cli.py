@@ -23,7 +23,7 @@ def test_search_prints_trials_and_the_final_table(tmp_path):
     assert result.exit_code == 0, result.output
     out = result.output
     assert "#0   batch_size=1 compile_mode=eager " in out
-    assert "the reference and the top feasible trials" in out
+    assert "the reference (every knob at its baseline) and the top feasible trials" in out
     assert "0 (ref)" in out and "1.00x" in out
     assert "Best: trial" in out
 

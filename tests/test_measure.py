@@ -59,3 +59,18 @@ def test_peak_memory_on_cuda():
         x = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
         del x
     assert peak.mb >= 60
+
+
+def test_a_noisy_measurement_is_repeated_and_the_steadiest_kept():
+    import itertools
+    import time
+
+    from autoopt.measure import time_steadily
+
+    delays = itertools.chain([0.0001, 0.004] * 11, itertools.repeat(0.001))  # first pass (2 + 20 calls) noisy
+
+    latency, repeats = time_steadily(lambda: time.sleep(next(delays)), min_time_s=0.0, min_calls=20,
+                                     warmup_min_calls=2, warmup_max_s=0.0)
+    assert repeats == 1 and latency.cv < 0.2
+    steady, repeats = time_steadily(lambda: time.sleep(0.001), min_time_s=0.0, min_calls=20)
+    assert repeats == 0

@@ -69,5 +69,10 @@ def test_ui_serves_the_study_runs_over_rest(tmp_path):
         metrics = {m["key"] for r in runs for m in r["data"].get("metrics", [])}
         assert {"latency_ms_p95", "throughput", "accuracy_drop"} <= metrics
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.terminate()  # SIGTERM: `autoopt ui` stops the MLflow server it started, children included
+        proc.wait(timeout=60)
+    time.sleep(1)
+    import psutil
+
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not leftovers, [p.info["cmdline"] for p in leftovers]

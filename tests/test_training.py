@@ -125,6 +125,8 @@ def test_a_training_search_logs_every_trial_and_reports_the_plain_reference(tmp_
     client = MlflowClient(tracking_uri=result.tracking_uri)
     runs = client.search_runs([result.experiment_id], "tags.`autoopt.role` = 'trial'")
     assert sorted(int(r.data.tags["autoopt.trial"]) for r in runs) == list(range(8))
+    with pytest.raises(autoopt.ConfigError, match="searched the training step \\(--task train\\): there is no inference"):
+        autoopt.export(result.study_name, tracking_uri=str(tmp_path))
 
 
 @pytest.mark.gpu

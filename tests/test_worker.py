@@ -121,3 +121,39 @@ def test_timing_takes_the_device_alone(tmp_path):
     with device_lock("test-dev", exclusive=False), device_lock("test-dev", exclusive=False):
         pass  # shared sections do not wait for each other
     assert time.monotonic() - started < 0.5
+
+
+SPIKY = """
+import itertools, time, torch, autoopt
+
+CALLS = itertools.count()
+
+class Spiky(torch.nn.Module):
+    def forward(self, x):
+        if next(CALLS) % 8 == 7:
+            time.sleep(0.02)
+        return x * 2
+
+PIPELINE = autoopt.Pipeline("spiky", Spiky, lambda b: (torch.randn(b, 3),))
+"""
+
+
+def test_a_trial_far_over_the_latency_target_stops_early_and_one_over_it_skips_accuracy(tmp_path, write_file):
+    slow = write_file("slow.py", FAULTY.format(action="time.sleep(0.02)"))
+    result = run(tmp_path, slow, {**CONFIG, "batch_size": 8}, latency_limit_ms=5)
+    assert result["status"] == "pruned" and result["metrics"]["stopped_early"] == 1
+    assert result["reason"].startswith("latency: ") and "past 1.5x the 5 ms target (stopped after 10 calls" in result["reason"]
+    spiky = write_file("spiky.py", SPIKY)  # fast calls, but every 8th takes 20 ms: p95 over, median under
+    result = run(tmp_path, spiky, CONFIG, latency_limit_ms=5, name="over")
+    assert result["status"] == "pruned" and "accuracy" not in result["metrics"] and "stopped_early" not in result["metrics"]
+    assert result["reason"].startswith("latency: p95 ") and result["reason"].endswith("(accuracy not checked)")
+    assert run(tmp_path, TINY_MLP, CONFIG, latency_limit_ms=1000, name="under")["metrics"]["accuracy"] == 1.0
+
+
+def test_remeasure_times_configurations_interleaved_against_the_first(tmp_path):
+    result = run(tmp_path, TINY_MLP, CONFIG, task="remeasure", rounds=4, round_time_s=0.02,
+                 configs=[CONFIG, {**CONFIG, "batch_size": 64}])
+    first, second = result["metrics"]["figures"]
+    assert result["status"] == "complete" and first["rounds"] == second["rounds"] == 4
+    assert first["speedup"] == 1.0 and second["speedup"] > 1.0  # batch 64 carries more samples per call
+    assert second["throughput"] > first["throughput"] and first["latency_ms_p50"] <= first["latency_ms_p95"]

@@ -1,0 +1,172 @@
+"""The study's report, written at the end of a search and logged on its MLflow parent run:
+
+- pareto_front.png / pareto_front.csv: throughput vs accuracy drop, the front marked;
+- trials.csv: every trial, its state and reason, knobs and metrics;
+- param_importances.csv: which knobs moved throughput (Optuna's importance evaluator), when the study
+  has enough complete trials to tell;
+- report.md: the reference, the winner, why the runner-up lost, and how noisy the machine was.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import statistics
+from pathlib import Path
+
+from .measure import NOISY_CV
+from .study import COMPLETE, Targets, TrialRecord, pareto_front, ranked_feasible
+
+METRIC_COLUMNS = ("throughput", "latency_ms_p50", "latency_ms_p95", "latency_cv", "latency_unreliable", "machine_load", "peak_memory_mb", "model_size_mb",
+                  "accuracy", "accuracy_drop", "grad_cosine", "build_s", "measure_s", "accuracy_s")
+
+
+def write_report(trials: list[TrialRecord], targets: Targets, study, reference: TrialRecord | None,
+                 workdir: Path, title: str) -> list[Path]:
+    """Write the report files into `workdir`; returns their paths (what exists depends on the trials)."""
+    files = [write_trials_csv(trials, workdir)]
+    if pareto_front(trials):
+        files += list(write_pareto(trials, targets.max_accuracy_drop, workdir))
+    importances = param_importances(study)
+    if importances:
+        path = workdir / "param_importances.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["knob", "importance"])
+            writer.writerows((k, f"{v:.4f}") for k, v in importances.items())
+        files.append(path)
+    path = workdir / "report.md"
+    path.write_text(markdown(trials, targets, reference, importances, title))
+    files.append(path)
+    return files
+
+
+def write_trials_csv(trials: list[TrialRecord], workdir: Path) -> Path:
+    knobs = sorted({k for t in trials for k in t.config})
+    path = workdir / "trials.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", "state", "feasible", "reason", "reused_from", *knobs, *METRIC_COLUMNS])
+        for t in trials:
+            writer.writerow([t.number, t.state, t.feasible, t.reason or "", "" if t.reused_from is None else t.reused_from,
+                             *(t.config.get(k, "") for k in knobs), *(t.metrics.get(m, "") for m in METRIC_COLUMNS)])
+    return path
+
+
+def param_importances(study) -> dict[str, float]:
+    """Knob -> share of the throughput variance it explains; {} when the study cannot tell yet."""
+    import optuna
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    varying = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
+    if len(complete) < 4 or not varying:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study, params=sorted(varying)))
+    except Exception as exc:  # noqa: BLE001 - importances are a nicety; the report goes on without them
+        logging.getLogger("autoopt").info("parameter importances unavailable: %s", exc)
+        return {}
+
+
+def _line(t: TrialRecord, reference: TrialRecord | None) -> str:
+    from .knobs import describe
+
+    m = t.metrics
+    if reference and t.remeasured and reference.remeasured:
+        speedup = (f", {t.remeasured['speedup'] / reference.remeasured['speedup']:.2f}x the reference when re-measured "
+                   f"interleaved ({t.remeasured['throughput']:,.0f} samples/s there)")
+    else:
+        speedup = f", {m['throughput'] / reference.metrics['throughput']:.2f}x the reference" if reference else ""
+    return (f"trial {t.number} ({describe(t.config)}): {m['throughput']:,.0f} samples/s{speedup}, p95 "
+            f"{m['latency_ms_p95']:.2f} ms, peak {m['peak_memory_mb']:.1f} MB, accuracy drop {m['accuracy_drop']:+.4f}")
+
+
+def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord | None,
+             importances: dict[str, float], title: str) -> str:
+    ranked = ranked_feasible(trials)
+    measured = [t for t in trials if t.state == COMPLETE and t.reused_from is None]
+    states = {s: sum(t.state == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAILED")}
+    out = [f"# {title}", "",
+           f"{len(trials)} trials: {states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAILED']} failed. "
+           "Targets: " + ", ".join([f"latency p95 <= {targets.latency_ms:g} ms" if targets.latency_ms else "no latency target",
+                                    f"memory <= {targets.memory_mb:g} MB" if targets.memory_mb else "no memory target",
+                                    f"accuracy drop <= {targets.max_accuracy_drop:g}"]) + ".", ""]
+    out += ["## Reference", "", _line(reference, None) if reference else "The reference did not complete.", ""]
+    out += ["## Winner", ""]
+    if ranked:
+        winner = ranked[0]
+        out += [_line(winner, reference), ""]
+        out += ["## Why the runner-up lost", ""]
+        if len(ranked) > 1:
+            second = ranked[1]
+            gap = 1 - second.metrics["throughput"] / winner.metrics["throughput"]
+            out += [f"The best other feasible configuration, {_line(second, reference)}, is {gap:.1%} slower.", ""]
+        faster = [t for t in measured if not t.feasible and t.metrics["throughput"] > winner.metrics["throughput"]]
+        if faster:
+            best_miss = max(faster, key=lambda t: t.metrics["throughput"])
+            misses = "; ".join(targets.describe_violation(k, v) for k, v in best_miss.constraints.items() if v > 0)
+            out += [f"The fastest configuration overall, {_line(best_miss, reference)}, misses a target: {misses}.", ""]
+        if len(ranked) == 1 and not faster:
+            out += ["No other configuration met the targets.", ""]
+    else:
+        out += ["No trial met every target.", ""]
+    out += ["## How noisy the machine was", ""]
+    cvs = [t.metrics["latency_cv"] for t in measured if "latency_cv" in t.metrics]
+    loads = [t.metrics["machine_load"] for t in measured if "machine_load" in t.metrics]
+    if cvs:
+        noisy = sum(bool(t.metrics.get("latency_unreliable")) for t in measured)
+        repeated = sum(bool(t.metrics.get("latency_repeats")) for t in measured)
+        out.append(f"Coefficient of variation of the timed calls: median {statistics.median(cvs):.3f}, "
+                   f"max {max(cvs):.3f} over {len(cvs)} measured trials; {repeated} measured again for noise, "
+                   f"{noisy} still unreliable (CV above {NOISY_CV:g}).")
+    if loads:
+        out.append(f"Load of the machine during measurement (1-minute load average per core): median "
+                   f"{statistics.median(loads):.2f}, max {max(loads):.2f}.")
+    out.append("")
+    if importances:
+        out += ["## What moved throughput", "", "| knob | importance |", "|---|---|"]
+        out += [f"| {k} | {v:.3f} |" for k, v in importances.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_pareto(trials: list[TrialRecord], max_drop: float, workdir: Path) -> tuple[Path, Path]:
+    """pareto_front.csv (the front) and pareto_front.png (every complete trial, the front marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    front = pareto_front(trials)
+    keys = sorted({k for t in front for k in t.config})
+    table = workdir / "pareto_front.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", *keys, "throughput", "accuracy_drop", "latency_ms_p95", "peak_memory_mb", "feasible"])
+        for t in front:
+            m = t.metrics
+            writer.writerow([t.number, *(t.config.get(k) for k in keys), f"{m['throughput']:.2f}",
+                             f"{m['accuracy_drop']:.5f}", f"{m['latency_ms_p95']:.3f}", f"{m['peak_memory_mb']:.1f}", t.feasible])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = [t for t in trials if t.state == COMPLETE and t.reused_from is None]
+    for feasible, color, label in ((True, "tab:green", "meets all targets"), (False, "tab:orange", "misses a target")):
+        group = [t for t in done if t.feasible == feasible]
+        ax.scatter([t.metrics["accuracy_drop"] for t in group], [t.metrics["throughput"] for t in group],
+                   color=color, alpha=0.6, label=label, zorder=2)
+    xs = [t.metrics["accuracy_drop"] for t in front]
+    ys = [t.metrics["throughput"] for t in front]
+    ax.step(xs, ys, where="post", color="tab:blue", label="Pareto front", zorder=1)
+    ax.scatter(xs, ys, facecolors="none", edgecolors="tab:blue", s=120, zorder=3)
+    for t, x, y in zip(front, xs, ys):
+        ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.axvline(max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"allowed drop {max_drop:g}")
+    ax.set_xlabel("accuracy drop vs the reference (lower is better)")
+    ax.set_ylabel("throughput, samples/s (higher is better)")
+    ax.set_title("Trials and the Pareto front")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    plot = workdir / "pareto_front.png"
+    fig.savefig(plot, dpi=100)
+    plt.close(fig)
+    return table, plot

@@ -1,0 +1,35 @@
+"""The study report: what it says about the reference, the winner, the runner-up and the noise."""
+
+from autoopt.report import markdown, write_trials_csv
+from autoopt.study import Targets, TrialRecord
+
+TARGETS = Targets(latency_ms=10.0, max_accuracy_drop=0.01)
+
+
+def trial(number, throughput, p95, drop, batch, state="COMPLETE", reason=None):
+    metrics = {"throughput": throughput, "latency_ms_p95": p95, "latency_ms_p50": p95 * 0.9, "peak_memory_mb": 5.0,
+               "accuracy_drop": drop, "latency_cv": 0.05 * (number + 1), "machine_load": 0.5} if state == "COMPLETE" else {}
+    t = TrialRecord(number, {"batch_size": batch, "compile_mode": "eager"}, state, metrics=metrics, reason=reason,
+                    reference=number == 0)
+    if state == "COMPLETE":
+        t.constraints = TARGETS.constraints(metrics)
+    return t
+
+
+def test_the_report_names_reference_winner_runner_up_and_the_fastest_miss():
+    trials = [trial(0, 100, 2.0, 0.0, 1), trial(1, 400, 8.0, 0.0, 8), trial(2, 300, 9.0, 0.0, 4),
+              trial(3, 900, 30.0, 0.0, 64), trial(4, 0, 0, 0, 2, state="FAILED", reason="crashed: SIGSEGV")]
+    text = markdown(trials, TARGETS, trials[0], {"batch_size": 0.9, "compile_mode": 0.1}, "Study s")
+    assert "5 trials: 4 complete, 0 pruned, 1 failed." in text
+    assert "## Winner\n\ntrial 1 (batch_size=8 compile_mode=eager): 400 samples/s, 4.00x the reference" in text
+    assert "trial 2 (batch_size=4 compile_mode=eager): 300 samples/s, 3.00x the reference" in text and "25.0% slower" in text
+    assert "trial 3 (batch_size=64" in text and "latency p95 30.00 ms is over the 10 ms target by 20.00 ms" in text
+    assert "median 0.125, max 0.200 over 4 measured trials; 0 measured again for noise, 0 still unreliable" in text and "| batch_size | 0.900 |" in text
+
+
+def test_no_feasible_trial_is_said_plainly(tmp_path):
+    trials = [trial(0, 100, 20.0, 0.0, 1)]
+    assert "No trial met every target." in markdown(trials, TARGETS, None, {}, "Study s")
+    rows = write_trials_csv(trials, tmp_path).read_text().splitlines()
+    assert rows[0].startswith("trial,state,feasible,reason,reused_from,batch_size,compile_mode,throughput")
+    assert rows[1].startswith("0,COMPLETE,False,,,1,eager,100")
