@@ -145,6 +145,8 @@ def search(
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
     remeasure_top: int = typer.Option(3, min=0, help="Re-time the reference and this many best trials interleaved "
                                                      "at the end; the winner is chosen on those figures (0: off)."),
+    sampler: str = typer.Option("tpe", help="tpe, gp (Gaussian process: slower sampling, for few slow trials) or random."),
+    warm_start: bool = typer.Option(True, help="Try the known-good combinations for the device right after the reference."),
     task: str = typer.Option("infer", help="infer (serving: latency, throughput) or train (the training step: "
                                             "batch, precision, checkpointing under --target-memory)."),
     jobs: int = typer.Option(1, min=1, help="Trials at once on this machine (builds overlap; timing takes the "
@@ -166,7 +168,7 @@ def search(
             seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
             trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
             min_time=parse_duration_s(min_time, "--min-time"), export=export, out=out, register=register,
-            task=task, remeasure_top=remeasure_top, jobs=jobs, fresh_workers=fresh_workers, listeners=[Progress(console, trials)],
+            task=task, remeasure_top=remeasure_top, sampler=sampler, warm_start=warm_start, jobs=jobs, fresh_workers=fresh_workers, listeners=[Progress(console, trials)],
         )
     except AutoOptError as exc:
         _fail(exc)

@@ -21,6 +21,18 @@ from .errors import ConfigError
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DEFAULT_SPACE = "default"
 
+# Known-good combinations per task and device (README, "What the knobs do on a CPU"; GPU: half
+# precision), tried right after the reference so that a feasible, fast trial comes early. Each is
+# used only where the space holds its values, at the middle batch size of the space.
+WARM_START = {
+    ("infer", "cpu"): ({"quantization": "static_int8", "compile_mode": "torchscript"},
+                       {"quantization": "dynamic_int8", "compile_mode": "onnxruntime"},
+                       {"compile_mode": "onnxruntime"}),
+    ("infer", "cuda"): ({"precision": "fp16", "compile_mode": "inductor"}, {"precision": "bf16"}),
+    ("train", "cpu"): ({"precision": "bf16"},),
+    ("train", "cuda"): ({"precision": "bf16", "compile_mode": "inductor"}, {"precision": "fp16"}),
+}
+
 
 @dataclass(frozen=True)
 class Domain:
@@ -48,6 +60,11 @@ class Domain:
             return trial.suggest_int(self.name, d.low, d.high, step=d.step, log=d.log)
         return trial.suggest_float(self.name, d.low, d.high, step=d.step, log=d.log)
 
+    def contains(self, value) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return self.low <= value <= self.high
+
     def describe(self) -> str:
         if self.choices is not None:
             return "[" + ", ".join(str(c) for c in self.choices) + "]"
@@ -67,6 +84,19 @@ class Space:
 
     def suggest(self, trial) -> dict:
         return {name: domain.suggest(trial) for name, domain in self.domains.items()}
+
+    def warm_start(self, device: str) -> list[dict]:
+        """The known-good configurations (WARM_START) this space can express, each once."""
+        middle = self.domains["batch_size"]
+        batch = (sorted(middle.choices)[len(middle.choices) // 2] if middle.choices is not None
+                 else int(middle.low))
+        out: list[dict] = []
+        for seed in WARM_START.get((self.task, device), ()):
+            config = {**self.reference_config(), "batch_size": batch, **seed}
+            if (all(name in self.domains and self.domains[name].contains(value) for name, value in seed.items())
+                    and not knobs.conflict(config, device) and config not in out):
+                out.append(config)
+        return out
 
     def reference_config(self) -> dict:
         """Every knob at its baseline; a training space's batch size at its smallest value (the

@@ -94,15 +94,31 @@ class TrialRecord:
         )
 
 
-def open_study(name: str, storage, seed: int | None, space, device: str, required: dict | None = None):
-    """Create or resume the study; TPE (constraint-aware) behind the valid-configuration filter."""
+SAMPLERS = ("tpe", "gp", "random")
+
+
+def make_sampler(name: str, seed: int | None):
+    """TPE (default: multivariate, constraint-aware, 10 ms per trial here); GP (Gaussian process,
+    constraint-aware, about 1.5 s per trial here: worth it when trials are slow and few); random."""
+    import optuna
+
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def open_study(name: str, storage, seed: int | None, space, device: str, required: dict | None = None,
+               sampler: str = "tpe"):
+    """Create or resume the study; the sampler behind the valid-configuration filter."""
     import optuna
 
     from .sampler import ValidConfigSampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = ValidConfigSampler(
-        optuna.samplers.TPESampler(seed=seed), space.distributions(), lambda c: knobs.conflict(c, device),
+        make_sampler(sampler, seed), space.distributions(), lambda c: knobs.conflict(c, device),
         knobs.canonical, knobs.in_scope, seed=seed, required=required,
     )
     return optuna.create_study(
@@ -125,6 +141,7 @@ def run(
     listeners: list,
     storage=None,
     on_interrupt: Callable[[], None] | None = None,
+    warm_start: bool = True,
 ) -> None:
     """Ask/tell until the study holds `n_trials` finished trials or `timeout_s` has passed.
 
@@ -135,9 +152,13 @@ def run(
     import threading
 
     _recover_abandoned(study, storage, listeners)
+    fresh = not study.get_trials(deepcopy=False)
     if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING")
                for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
+    if fresh and warm_start:  # a resumed study already has what these would teach
+        for config in space.warm_start(device):
+            study.enqueue_trial(config, user_attrs={"warm_start": True})
     budget = _Budget(study, n_trials, timeout_s)
     errors: list[BaseException] = []
 

@@ -109,6 +109,8 @@ def test_bad_arguments_are_config_errors(tmp_path):
         autoopt.search(TINY_MLP, study="it's mine", tracking_uri=str(tmp_path))
     with pytest.raises(autoopt.ConfigError, match=r"device must be one of \[auto, cpu, cuda\]. Got 'tpu'."):
         autoopt.search(TINY_MLP, device="tpu", tracking_uri=str(tmp_path))
+    with pytest.raises(autoopt.ConfigError, match=r"sampler must be one of \[tpe, gp, random\]. Got 'cmaes'."):
+        autoopt.search(TINY_MLP, sampler="cmaes", tracking_uri=str(tmp_path))
     with pytest.raises(autoopt.ConfigError, match="jobs must be a whole number of at least 1. Got 0."):
         autoopt.search(TINY_MLP, jobs=0, tracking_uri=str(tmp_path))
 

@@ -102,3 +102,12 @@ def test_suggest_returns_a_plain_dict_of_every_knob_of_the_task():
     train = load_space(None, "cpu", "train")
     assert set(train.suggest(optuna.create_study().ask())) == {"batch_size", "precision", "threads", "compile_mode", "checkpointing"}
     assert train.reference_config()["batch_size"] == 16  # the smallest batch of search_spaces/train.yaml
+
+
+def test_warm_start_gives_the_known_good_combinations_the_space_can_express(write_file):
+    seeds = load_space(None, "cpu").warm_start("cpu")
+    assert [(s["quantization"], s["compile_mode"], s["batch_size"]) for s in seeds] == [
+        ("static_int8", "torchscript", 32), ("dynamic_int8", "onnxruntime", 32), ("none", "onnxruntime", 32)]
+    narrow = load_space(write_file("s.yaml", "batch_size: [1, 4]\ncompile_mode: [eager, onnxruntime]\n"), "cpu")
+    assert [s["compile_mode"] for s in narrow.warm_start("cpu")] == ["onnxruntime"]  # int8 is not in this space
+    assert load_space(None, "cpu", "train").warm_start("cpu")[0]["precision"] == "bf16"
