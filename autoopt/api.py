@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
 from .accuracy import reference_accuracy
 from .errors import ConfigError
 from .bundle import FORMATS, export_trial, package_versions, select_trial
@@ -130,7 +129,8 @@ def search(
     the runtime that format ships, so the measured model and the shipped model are the same thing.
     remeasure_top: at the end, re-time the reference and this many best feasible trials interleaved
     (A B A B ...) in one process and pick the winner from those figures (0: off; inference only).
-    sampler: "tpe" (default), "gp" (Gaussian process: ~1.5 s per trial of sampling on 2 cores) or "random".
+    sampler: "tpe" (default), "gp" (Gaussian process: ~1.5 s per trial of sampling on 2 cores), "random"
+    or "grid" (every combination of a space of lists once).
     warm_start: try the known-good combinations for the device right after the reference (a new study).
     jobs: trials run at once on this machine, each in its own worker process. Builds, compiles and
     accuracy checks overlap; latency measurement takes the device alone (a machine-wide lock), so the
@@ -162,6 +162,8 @@ def search(
         raise ConfigError(f"export must be one of [{', '.join(FORMATS)}]. Got {export!r}.")
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of [{', '.join(SAMPLERS)}]. Got {sampler!r}.")
+    if sampler == "grid" and warm_start:
+        warm_start = False  # the grid visits every combination anyway
     if task not in TASKS:
         raise ConfigError(f"task must be one of [{', '.join(TASKS)}]. Got {task!r}.")
     if task == "train" and export is not None:

@@ -145,7 +145,7 @@ def search(
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
     remeasure_top: int = typer.Option(3, min=0, help="Re-time the reference and this many best trials interleaved "
                                                      "at the end; the winner is chosen on those figures (0: off)."),
-    sampler: str = typer.Option("tpe", help="tpe, gp (Gaussian process: slower sampling, for few slow trials) or random."),
+    sampler: str = typer.Option("tpe", help="tpe, gp (Gaussian process: slower sampling, for few slow trials), random or grid (every combination once)."),
     warm_start: bool = typer.Option(True, help="Try the known-good combinations for the device right after the reference."),
     task: str = typer.Option("infer", help="infer (serving: latency, throughput) or train (the training step: "
                                             "batch, precision, checkpointing under --target-memory)."),

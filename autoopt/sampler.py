@@ -38,6 +38,10 @@ class ValidConfigSampler(BaseSampler):
         return dict(self.distributions)
 
     def sample_relative(self, study, trial, search_space):
+        if "fixed_params" in trial.system_attrs:  # an enqueued trial (reference, warm start): Optuna uses those
+            return {}
+        # The snapshot Optuna passes predates before_trial: GridSampler's grid_id is only in the storage.
+        trial = study._storage.get_trial(trial._trial_id)
         trials = study.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state.is_finished()]
         # Trials running in parallel (--jobs, other machines) count as seen: no two jobs measure one config.
@@ -67,7 +71,13 @@ class ValidConfigSampler(BaseSampler):
         self.inner.before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values):
-        self.inner.after_trial(study, trial, state, values)
+        try:
+            self.inner.after_trial(study, trial, state, values)
+        except RuntimeError as exc:
+            # GridSampler calls study.stop() once the grid is done, which only works inside
+            # study.optimize; autoopt's ask/tell loop stops on its own trial budget.
+            if "Study.stop" not in str(exc):
+                raise
 
     def reseed_rng(self):
         self.inner.reseed_rng()

@@ -94,14 +94,23 @@ class TrialRecord:
         )
 
 
-SAMPLERS = ("tpe", "gp", "random")
+SAMPLERS = ("tpe", "gp", "random", "grid")
 
 
-def make_sampler(name: str, seed: int | None):
+def make_sampler(name: str, seed: int | None, space=None):
     """TPE (default: multivariate, constraint-aware, 10 ms per trial here); GP (Gaussian process,
-    constraint-aware, about 1.5 s per trial here: worth it when trials are slow and few); random."""
+    constraint-aware, about 1.5 s per trial here: worth it when trials are slow and few); random;
+    grid (every combination of a space of lists once, for exhaustive baselines)."""
     import optuna
 
+    if name == "grid":
+        numeric = [n for n, d in space.domains.items() if d.choices is None]
+        if numeric:
+            from .errors import ConfigError
+
+            raise ConfigError(f"--sampler grid needs list domains; {space.source} gives {numeric[0]} a range. "
+                              "List its values instead.")
+        return optuna.samplers.GridSampler({n: list(d.choices) for n, d in space.domains.items()}, seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if name == "random":
@@ -118,7 +127,7 @@ def open_study(name: str, storage, seed: int | None, space, device: str, require
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = ValidConfigSampler(
-        make_sampler(sampler, seed), space.distributions(), lambda c: knobs.conflict(c, device),
+        make_sampler(sampler, seed, space), space.distributions(), lambda c: knobs.conflict(c, device),
         knobs.canonical, knobs.in_scope, seed=seed, required=required,
     )
     return optuna.create_study(
@@ -387,8 +396,9 @@ def _notify(listeners: list, event: str, *args) -> None:
 
 
 def records(study) -> list[TrialRecord]:
+    """The study's trials that started (queued warm-start trials a search did not reach are left out)."""
     remeasured = study.user_attrs.get("remeasured", {})
-    out = [TrialRecord.from_optuna(t) for t in study.trials]
+    out = [TrialRecord.from_optuna(t) for t in study.trials if t.state.name != "WAITING"]
     for t in out:
         t.remeasured = remeasured.get(str(t.number))
     return out

@@ -109,7 +109,7 @@ def test_bad_arguments_are_config_errors(tmp_path):
         autoopt.search(TINY_MLP, study="it's mine", tracking_uri=str(tmp_path))
     with pytest.raises(autoopt.ConfigError, match=r"device must be one of \[auto, cpu, cuda\]. Got 'tpu'."):
         autoopt.search(TINY_MLP, device="tpu", tracking_uri=str(tmp_path))
-    with pytest.raises(autoopt.ConfigError, match=r"sampler must be one of \[tpe, gp, random\]. Got 'cmaes'."):
+    with pytest.raises(autoopt.ConfigError, match=r"sampler must be one of \[tpe, gp, random, grid\]. Got 'cmaes'."):
         autoopt.search(TINY_MLP, sampler="cmaes", tracking_uri=str(tmp_path))
     with pytest.raises(autoopt.ConfigError, match="jobs must be a whole number of at least 1. Got 0."):
         autoopt.search(TINY_MLP, jobs=0, tracking_uri=str(tmp_path))
@@ -148,3 +148,14 @@ def test_a_build_time_failure_costs_one_pruned_trial(tmp_path, write_file):
     assert result.study.trials[pruned[0].number].user_attrs["pruned_scope"] == {
         "quantization": "dynamic_int8", "compile_mode": "eager"}
     assert all(t.config["quantization"] == "none" for t in result.trials if t.state == "COMPLETE")
+
+
+def test_the_grid_sampler_visits_every_combination_once(tmp_path, write_file):
+    space = write_file("space.yaml", "batch_size: [1, 2, 4]\ncompile_mode: [eager, torchscript]\n")
+    result = autoopt.search(TINY_MLP, space=space, sampler="grid", trials=7, seed=0, tracking_uri=str(tmp_path),
+                            remeasure_top=0, **FAST)
+    seen = {(t.config["batch_size"], t.config["compile_mode"]) for t in result.trials}
+    assert len(seen) == 6 and sum(t.reused_from is not None for t in result.trials) == 1  # the reference, again
+    ranged = write_file("ranged.yaml", "batch_size: {low: 1, high: 8}\n")
+    with pytest.raises(autoopt.ConfigError, match="--sampler grid needs list domains; .* gives batch_size a range"):
+        autoopt.search(TINY_MLP, space=ranged, sampler="grid", tracking_uri=str(tmp_path))

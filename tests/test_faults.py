@@ -1,7 +1,6 @@
 """Fault injection: searches over models that crash, raise, hang or hog memory for specific knob
 values or trials; parallel jobs on one study."""
 
-import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 

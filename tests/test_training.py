@@ -1,7 +1,6 @@
 """The training task: checkpointing, step memory, numerics, the space and pipeline checks, a search."""
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import autoopt
