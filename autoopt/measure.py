@@ -122,6 +122,21 @@ def time_steadily(fn: Callable[[], object], *, repeats: int = 1, noisy_cv: float
     return best, done
 
 
+def latency_metrics(latency: Latency, repeats: int, load: float, batch_size: int) -> dict:
+    """The metrics of a timed call (a predict, or a training step) as a trial reports them."""
+    return {
+        "latency_ms_p50": latency.p50_ms,
+        "latency_ms_p95": latency.p95_ms,
+        "latency_ms_p99": latency.p99_ms,
+        "latency_cv": latency.cv,
+        "latency_repeats": repeats,
+        "latency_unreliable": int(latency.cv > NOISY_CV),
+        "machine_load": load,
+        "timed_calls": latency.calls,
+        "throughput": batch_size / (latency.p50_ms / 1e3),
+    }
+
+
 def machine_load() -> float:
     """The 1-minute load average per core: about 0 on an idle machine, 1 when every core is busy."""
     import os

@@ -162,7 +162,7 @@ def run_train_trial(pipeline, request: dict, lock) -> dict:
     """One training-step trial in the worker; `lock(exclusive)` is the worker's device lock."""
     import torch
 
-    from .measure import NOISY_CV, machine_load, time_steadily
+    from .measure import latency_metrics, machine_load, time_steadily
     from .runtimes.base import state_dict_mb
 
     config, device = request["config"], request["device"]
@@ -199,15 +199,7 @@ def run_train_trial(pipeline, request: dict, lock) -> dict:
         "status": "complete",
         "reason": None,
         "metrics": {
-            "latency_ms_p50": latency.p50_ms,  # of one full training step
-            "latency_ms_p95": latency.p95_ms,
-            "latency_ms_p99": latency.p99_ms,
-            "latency_cv": latency.cv,
-            "latency_repeats": repeats,
-            "latency_unreliable": int(latency.cv > NOISY_CV),
-            "machine_load": load,
-            "timed_calls": latency.calls,
-            "throughput": batch_size / (latency.p50_ms / 1e3),
+            **latency_metrics(latency, repeats, load, batch_size),  # of one full training step
             "peak_memory_mb": peak_mb,
             "model_size_mb": state_dict_mb(model),
             **known,

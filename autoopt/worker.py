@@ -118,7 +118,7 @@ def run_trial(request: dict) -> dict:
     import torch
 
     from .accuracy import candidate_accuracy
-    from .measure import NOISY_CV, PeakMemory, machine_load, time_steadily
+    from .measure import PeakMemory, latency_metrics, machine_load, time_steadily
 
     if "torch._dynamo" in sys.modules:  # compiled graphs of earlier trials: free them, reset the counters
         torch._dynamo.reset()
@@ -171,15 +171,7 @@ def run_trial(request: dict) -> dict:
         measure_s = time.perf_counter() - started
 
     metrics = {
-        "latency_ms_p50": latency.p50_ms,
-        "latency_ms_p95": latency.p95_ms,
-        "latency_ms_p99": latency.p99_ms,
-        "latency_cv": latency.cv,
-        "latency_repeats": repeats,
-        "latency_unreliable": int(latency.cv > NOISY_CV),
-        "machine_load": load,
-        "timed_calls": latency.calls,
-        "throughput": int(config["batch_size"]) / (latency.p50_ms / 1e3),
+        **latency_metrics(latency, repeats, load, int(config["batch_size"])),
         "peak_memory_mb": peak.mb,
         "model_size_mb": prepared.model_size_mb,
         "threads": threads,

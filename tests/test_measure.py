@@ -61,16 +61,20 @@ def test_peak_memory_on_cuda():
     assert peak.mb >= 60
 
 
-def test_a_noisy_measurement_is_repeated_and_the_steadiest_kept():
+def test_a_noisy_measurement_is_repeated_and_the_steadiest_kept(monkeypatch):
+    """On a fake clock (no real timing): the first pass alternates 0.1 ms / 4 ms calls, then calls are steady."""
     import itertools
-    import time
 
-    from autoopt.measure import time_steadily
+    from autoopt import measure
 
-    delays = itertools.chain([0.0001, 0.004] * 11, itertools.repeat(0.001))  # first pass (2 + 20 calls) noisy
+    now = [0.0]
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: now[0])
+    delays = itertools.chain([0.0001, 0.004] * 11, itertools.repeat(0.001))  # 2 warm-up + 20 timed calls noisy
 
-    latency, repeats = time_steadily(lambda: time.sleep(next(delays)), min_time_s=0.0, min_calls=20,
-                                     warmup_min_calls=2, warmup_max_s=0.0)
-    assert repeats == 1 and latency.cv < 0.2
-    steady, repeats = time_steadily(lambda: time.sleep(0.001), min_time_s=0.0, min_calls=20)
+    def call():
+        now[0] += next(delays)
+
+    latency, repeats = measure.time_steadily(call, min_time_s=0.0, min_calls=20, warmup_min_calls=2, warmup_max_s=0.0)
+    assert repeats == 1 and latency.cv == 0.0 and latency.p50_ms == pytest.approx(1.0)
+    steady, repeats = measure.time_steadily(call, min_time_s=0.0, min_calls=20)
     assert repeats == 0
