@@ -21,7 +21,7 @@ from .report import write_report
 from .space import load_space
 from .knobs.threads import available_cores
 from .study import (COMPLETE, SAMPLERS, Targets, TrialRecord, closest_infeasible, known_numerics, open_study, ranked_feasible,
-                    records, run)
+                    records, run, speedup)
 from .tracking import Tracker, log_exported_model, resolve_store, runs_url
 from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
 from .worker import Worker
@@ -72,14 +72,8 @@ class SearchResult:
         return [self.targets.describe_violation(k, v) for k, v in trial.constraints.items() if v > 0]
 
     def speedup(self, trial: TrialRecord) -> float | None:
-        """Throughput relative to the reference: the median of per-round ratios from the interleaved
-        re-measurement when both took part in it, else the ratio of their figures in the search."""
-        ref = self.reference
-        if ref is None:
-            return None
-        if trial.remeasured and ref.remeasured:
-            return trial.remeasured["speedup"] / ref.remeasured["speedup"]
-        return trial.metrics["throughput"] / ref.metrics["throughput"]
+        """Throughput relative to the reference (see study.speedup)."""
+        return speedup(trial, self.reference)
 
     def runs_url(self, base: str = "http://127.0.0.1:5000") -> str:
         return runs_url(base, self.experiment_id, self.study_name)

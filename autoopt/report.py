@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from .measure import NOISY_CV
-from .study import COMPLETE, Targets, TrialRecord, pareto_front, ranked_feasible
+from .study import COMPLETE, Targets, TrialRecord, pareto_front, ranked_feasible, speedup
 
 METRIC_COLUMNS = ("throughput", "latency_ms_p50", "latency_ms_p95", "latency_cv", "latency_unreliable", "machine_load", "peak_memory_mb", "model_size_mb",
                   "accuracy", "accuracy_drop", "grad_cosine", "build_s", "measure_s", "accuracy_s")
@@ -72,12 +72,11 @@ def _line(t: TrialRecord, reference: TrialRecord | None) -> str:
     from .knobs import describe
 
     m = t.metrics
+    ratio = speedup(t, reference)
+    text = "" if ratio is None else f", {ratio:.2f}x the reference"
     if reference and t.remeasured and reference.remeasured:
-        speedup = (f", {t.remeasured['speedup'] / reference.remeasured['speedup']:.2f}x the reference when re-measured "
-                   f"interleaved ({t.remeasured['throughput']:,.0f} samples/s there)")
-    else:
-        speedup = f", {m['throughput'] / reference.metrics['throughput']:.2f}x the reference" if reference else ""
-    return (f"trial {t.number} ({describe(t.config)}): {m['throughput']:,.0f} samples/s{speedup}, p95 "
+        text += f" when re-measured interleaved ({t.remeasured['throughput']:,.0f} samples/s there)"
+    return (f"trial {t.number} ({describe(t.config)}): {m['throughput']:,.0f} samples/s{text}, p95 "
             f"{m['latency_ms_p95']:.2f} ms, peak {m['peak_memory_mb']:.1f} MB, accuracy drop {m['accuracy_drop']:+.4f}")
 
 

@@ -432,6 +432,16 @@ def ranked_feasible(trials: list[TrialRecord]) -> list[TrialRecord]:
     return confirmed + [t for t in out if t not in confirmed]
 
 
+def speedup(trial: TrialRecord, reference: TrialRecord | None) -> float | None:
+    """Throughput relative to the reference: the median of per-round ratios from the interleaved
+    re-measurement when both took part in it, else the ratio of their figures in the search."""
+    if reference is None:
+        return None
+    if trial.remeasured and reference.remeasured:
+        return trial.remeasured["speedup"] / reference.remeasured["speedup"]
+    return trial.metrics["throughput"] / reference.metrics["throughput"]
+
+
 def closest_infeasible(trials: list[TrialRecord], targets: Targets) -> TrialRecord | None:
     """The measured trial (complete, or stopped past a target) that misses the targets by the least
     (sum of relative excesses)."""
