@@ -104,6 +104,7 @@ def search(
     warm_start: bool = True,
     jobs: int = 1,
     fresh_workers: bool = False,
+    early_stop: bool = True,
     listeners: list | tuple = (),
 ) -> SearchResult:
     """Search for the fastest configuration of `pipeline` that meets the targets.
@@ -131,6 +132,8 @@ def search(
     figures stay comparable while the wall time shrinks by what the overlap saves.
     fresh_workers: a new worker process per trial (about 3 s more per trial) instead of a warm one
     reused until it crashes, times out or has run 25 trials.
+    early_stop: a trial already past the latency target stops there (PRUNED, accuracy not checked);
+    False measures every trial fully and checks its accuracy (memory past the target still stops it).
     task: "infer" (the model serving: latency, throughput) or "train" (the training step: throughput of
     full steps under the memory target and a numerics tolerance; the pipeline needs make_batch and
     loss_fn; default space search_spaces/train.yaml).
@@ -189,6 +192,7 @@ def search(
     tracker.start_study(study_name, {
         "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory", "task": task,
         "space": search_space.source, "device": device, "seed": seed, "sampler": sampler, "warm_start": warm_start,
+        "early_stop": early_stop,
         "target_latency_ms": targets.latency_ms, "target_memory_mb": targets.memory_mb,
         "max_accuracy_drop": targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
         **{f"{name}_version": v or "not installed"
@@ -203,7 +207,7 @@ def search(
         request = {"task": task, "pipeline": pipe.source, "pipeline_pickle": _pickle_if_needed(pipe, tmp),
                    "device": device, "threads": available_cores(), "min_time_s": min_time_s, "min_calls": 20,
                    "memory_limit_mb": targets.memory_mb,
-                   "latency_limit_ms": targets.latency_ms if task == "infer" else None}
+                   "latency_limit_ms": targets.latency_ms if task == "infer" and early_stop else None}
         if task == "train":
             from .training import reference_numerics
 

@@ -6,7 +6,7 @@ The bundle directory holds `model.onnx` (one file) or `model.pt` (TorchScript) a
 The runtime that built the trial's `predict` writes the file, so what ships is what was measured.
 Verification: onnx.checker; a fresh process that cannot import autoopt loads the file with plain
 onnxruntime / torch.jit.load, runs the pipeline's inputs at two batch sizes, and re-times the trial's
-batch size; outputs are compared with the reference model, and the pipeline's metric is recomputed
+batch size under the recorded malloc environment (and once more without it, for the record); outputs are compared with the reference model, and the pipeline's metric is recomputed
 on the exported file. Any mismatch fails the export with the numbers and leaves nothing behind.
 """
 
@@ -90,6 +90,7 @@ def select_trial(study, number: int | None, fmt: str):
 def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) -> ExportResult:
     """Build, verify and write the bundle of `trial` (a TrialRecord of `study`) atomically to `out`."""
     from .accuracy import candidate_accuracy
+    from .measure import allocator_env
     from .pipeline import load_pipeline
     from .worker import build_candidate
 
@@ -119,7 +120,8 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
                        for name, t in zip(_input_names(prepared, reference, example), example)],
             "outputs": _output_structure(reference, example),
             "runtime": {"threads": int(config["threads"]), "graph_fusion": config.get("graph_fusion", "basic"),
-                        "dtype": str(prepared.state.get("dtype", "torch.float32")).replace("torch.", "")},
+                        "dtype": str(prepared.state.get("dtype", "torch.float32")).replace("torch.", ""),
+                        "environment": allocator_env()},
             "metrics": {k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
                                                            "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop")},
             "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]), "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx"),
@@ -188,14 +190,12 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
         inputs = {b: pipe.make_inputs(b) for b in batches}  # once: make_inputs may be random
         for b in batches:
             np.savez(work / f"inputs_{b}.npz", *[t.numpy() for t in inputs[b]])
-        request = {"bundle": str(bundle), "batches": batches, "time_batch": batch, "work": str(work)}
-        (work / "request.json").write_text(json.dumps(request))
-        done = subprocess.run([sys.executable, "-c", VERIFIER, str(work / "request.json")],
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ExportError(f"the bundle does not load or run without autoopt: {tail[0]}")
-        report = json.loads((work / "report.json").read_text())
+        environment = manifest["runtime"]["environment"]
+        report = _run_verifier(work, {"bundle": str(bundle), "batches": batches, "time_batch": batch},
+                               {**os.environ, **environment})
+        # The same timing without the recorded environment: what a deployment that skips it would see.
+        plain = _run_verifier(work, {"bundle": str(bundle), "batches": [], "time_batch": batch},
+                              {k: v for k, v in os.environ.items() if k not in environment}) if environment else report
         min_cos, rel = _tolerance(manifest["config"])
         worst_cos, worst_err = 1.0, 0.0
         for b in batches:
@@ -213,9 +213,20 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
                                       f"{err:.3g}, cosine {cos:.6f} (needs cosine >= {min_cos})")
         return {"batches": batches, "max_abs_error": worst_err, "min_cosine": worst_cos,
                 "fresh_process_latency_ms_p50": report["latency_ms_p50"],
-                "fresh_process_latency_ms_p95": report["latency_ms_p95"]}
+                "fresh_process_latency_ms_p95": report["latency_ms_p95"],
+                "fresh_process_latency_ms_p50_without_environment": plain["latency_ms_p50"]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_verifier(work: Path, request: dict, env: dict) -> dict:
+    (work / "request.json").write_text(json.dumps({**request, "work": str(work)}))
+    done = subprocess.run([sys.executable, "-c", VERIFIER, str(work / "request.json")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ExportError(f"the bundle does not load or run without autoopt: {tail[0]}")
+    return json.loads((work / "report.json").read_text())
 
 
 # Runs in a fresh interpreter with autoopt made unimportable: proof that the bundle needs only stock

@@ -1,7 +1,7 @@
 """Where autoopt keeps things that are expensive to rebuild: outside the repo, safe to delete.
 
 `AUTOOPT_CACHE_DIR` overrides the location, otherwise `$XDG_CACHE_HOME/autoopt` or
-`~/.cache/autoopt`. Built artifacts (exported and quantized ONNX files) are cached by a key of
+`~/.cache/autoopt`. Built artifacts (ONNX files, TorchScript files) are cached by a key of
 everything that determines them; the artifact cache is bounded (`AUTOOPT_CACHE_MAX_MB`, default
 2048): the least recently used entries go first.
 """
@@ -48,19 +48,32 @@ def cached_state_dict(name: str, train) -> dict:
 def model_fingerprint(model, example_inputs: tuple, **extra) -> str:
     """A key for everything an artifact built from `model` depends on: its structure, every weight
     byte, the input shapes past the batch axis, and `extra` (knob values, versions)."""
-    import torch
-
     h = hashlib.sha256()
     h.update(repr(model).encode())
-    for name, tensor in model.state_dict().items():
-        if not isinstance(tensor, torch.Tensor):
-            h.update(f"{name}={tensor!r}".encode())
-            continue
-        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, value in model.state_dict().items():
+        _feed(h, name, value)
     h.update(repr([(tuple(t.shape[1:]), str(t.dtype)) for t in example_inputs]).encode())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
+
+
+def _feed(h, name: str, tensor) -> None:
+    import torch
+
+    if isinstance(tensor, (tuple, list)):  # e.g. dynamic int8 packed params: (weight, bias)
+        for i, item in enumerate(tensor):
+            _feed(h, f"{name}.{i}", item)
+        return
+    if not isinstance(tensor, torch.Tensor):
+        h.update(f"{name}={tensor!r}".encode())
+        return
+    h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+    if tensor.is_quantized:  # torch.ao int8 weights: the integers and their quantization parameters
+        per_channel = tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        params = ((tensor.q_per_channel_scales(), tensor.q_per_channel_zero_points()) if per_channel
+                  else (torch.tensor([tensor.q_scale()]), torch.tensor([tensor.q_zero_point()])))
+        tensor = torch.cat([tensor.int_repr().reshape(-1).double(), *(p.reshape(-1).double() for p in params)])
+    h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 class ArtifactCache:

@@ -153,6 +153,8 @@ def search(
                                              "device alone)."),
     fresh_workers: bool = typer.Option(False, help="A new worker process per trial instead of a warm one (~3 s "
                                                     "more per trial)."),
+    early_stop: bool = typer.Option(True, help="Stop a trial already past --target-latency (accuracy not checked); "
+                                               "--no-early-stop measures every trial fully."),
 ) -> None:
     """Search for the fastest configuration that meets the targets; log every trial to MLflow."""
     from . import api
@@ -168,7 +170,8 @@ def search(
             seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
             trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
             min_time=parse_duration_s(min_time, "--min-time"), export=export, out=out, register=register,
-            task=task, remeasure_top=remeasure_top, sampler=sampler, warm_start=warm_start, jobs=jobs, fresh_workers=fresh_workers, listeners=[Progress(console, trials)],
+            task=task, remeasure_top=remeasure_top, sampler=sampler, warm_start=warm_start, jobs=jobs, fresh_workers=fresh_workers,
+            early_stop=early_stop, listeners=[Progress(console, trials)],
         )
     except AutoOptError as exc:
         _fail(exc)
@@ -210,6 +213,11 @@ def _print_export(exported) -> None:
                   f"error {v['max_abs_error']:.2g}, cosine {v['min_cosine']:.6f}, accuracy {v['accuracy']:.4f}; "
                   f"latency p50 {v['fresh_process_latency_ms_p50']:.2f} ms there vs {m['metrics']['latency_ms_p50']:.2f} ms "
                   f"in the search", highlight=False)
+    environment = m["runtime"].get("environment")
+    if environment:
+        console.print(f"Run it with {' '.join(f'{k}={v}' for k, v in environment.items())} in the environment: the "
+                      f"malloc thresholds it was measured with (autoopt.load applies them); without them "
+                      f"p50 was {v['fresh_process_latency_ms_p50_without_environment']:.2f} ms.", highlight=False)
     if m.get("mlflow_model_uri"):
         console.print(f"MLflow model: {m['mlflow_model_uri']}", highlight=False)
 

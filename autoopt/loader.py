@@ -1,5 +1,5 @@
 """`autoopt.load(DIR)`: a predict callable for an exported bundle, with the runtime settings it was
-measured with (threads, ORT session options) and the reference model's output structure."""
+measured with (threads, ORT session options, glibc malloc thresholds) and the reference model's output structure."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ def load(path):
     import torch
     from torch.utils import _pytree as pytree
 
+    from .measure import pin_allocator
     from .runtimes.base import torch_predictor
 
     bundle = Path(path)
@@ -18,6 +19,7 @@ def load(path):
     spec = pytree.treespec_loads(manifest["outputs"]["pytree"])
     names = [i["name"] for i in manifest["inputs"]]
     runtime = manifest["runtime"]
+    pin_allocator(runtime.get("environment", {}))  # the malloc settings it was measured with (process-wide)
     model_file = str(bundle / manifest["model_file"])
     if manifest["format"] == "onnx":
         from .runtimes.onnxruntime import predictor, session

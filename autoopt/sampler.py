@@ -2,10 +2,10 @@
 
 It draws a whole configuration from the wrapped sampler (TPE by default) and draws again when the
 configuration repeats a finished trial (in canonical form: knobs that change nothing are ignored),
-conflicts for a reason some earlier trial was already pruned for, or falls within the scope of a
-build-time failure (the knob values an `Unsupported` named, e.g. static_int8 on eager for a model FX
-cannot quantize). So each kind of impossible combination costs at most one (cheap, pruned) trial and
-is never tried twice, while the Optuna search space itself stays fixed.
+is a combination that cannot work (a knob conflict, known without building anything: it never costs a
+trial), or falls within the scope of a build-time failure (the knob values an `Unsupported` named,
+e.g. static_int8 on eager for a model FX cannot quantize: that costs one cheap, pruned trial and is
+never tried again). The Optuna search space itself stays fixed.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ class ValidConfigSampler(BaseSampler):
         seen = [self.canonical(t.params) for t in trials
                 if t.state.is_finished() or (t.state.name == "RUNNING" and t.number != trial.number
                                                  and len(t.params) == len(self.distributions))]
-        pruned_for = {t.user_attrs.get("reason") for t in finished if t.state.name == "PRUNED"}
         scopes = [t.user_attrs["pruned_scope"] for t in finished if t.user_attrs.get("pruned_scope")]
         params: dict = {}
         for sampler in (self.inner, self.fallback):
@@ -58,7 +57,7 @@ class ValidConfigSampler(BaseSampler):
                     if name not in params:
                         params[name] = sampler.sample_independent(study, trial, name, dist)
                 canonical = self.canonical(params)
-                if (canonical not in seen and self.conflict(params) not in pruned_for - {None}
+                if (canonical not in seen and self.conflict(params) is None
                         and self.in_scope(params, self.required)
                         and not any(self.in_scope(params, scope) for scope in scopes)):
                     return params

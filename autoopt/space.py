@@ -85,11 +85,14 @@ class Space:
     def suggest(self, trial) -> dict:
         return {name: domain.suggest(trial) for name, domain in self.domains.items()}
 
-    def warm_start(self, device: str) -> list[dict]:
-        """The known-good configurations (WARM_START) this space can express, each once."""
-        middle = self.domains["batch_size"]
-        batch = (sorted(middle.choices)[len(middle.choices) // 2] if middle.choices is not None
-                 else int(middle.low))
+    def warm_start(self, device: str, max_batch: float | None = None) -> list[dict]:
+        """The known-good configurations (WARM_START) this space can express, each once, at the middle
+        batch size, or the largest one up to `max_batch` when that is smaller (the smallest if none is)."""
+        domain = self.domains["batch_size"]
+        sizes = sorted(domain.choices) if domain.choices is not None else [int(domain.low)]
+        batch = sizes[len(sizes) // 2]
+        if max_batch is not None and batch > max_batch:
+            batch = max([b for b in sizes if b <= max_batch], default=sizes[0])
         out: list[dict] = []
         for seed in WARM_START.get((self.task, device), ()):
             config = {**self.reference_config(), "batch_size": batch, **seed}

@@ -386,6 +386,7 @@ def serve(done_fd: int) -> int:
 
     from . import accuracy, knobs, measure, runtimes  # noqa: F401
 
+    measure.pin_allocator()
     for line in sys.stdin:
         job = json.loads(line)
         with _output_to(job["log"]):

@@ -98,6 +98,16 @@ def test_unreachable_target_gives_no_best_and_a_closest_trial(tmp_path, write_fi
     assert closest is not None
     (message,) = result.violations(closest)
     assert message.startswith("latency p95 ") and "is over the 0.001 ms target by" in message
+    assert all(t.state == "PRUNED" and t.reason.startswith("latency") for t in result.trials)
+
+
+def test_without_early_stop_a_trial_over_the_latency_target_is_measured_fully(tmp_path, write_file):
+    space = write_file("space.yaml", "batch_size: [1, 4]\n")
+    result = autoopt.search(TINY_MLP, target_latency="1us", space=space, trials=2, seed=0, early_stop=False,
+                            tracking_uri=str(tmp_path), **FAST)
+    assert result.best is None and len(result.trials) == 2
+    for trial in result.trials:  # complete, infeasible, and its accuracy checked
+        assert trial.state == "COMPLETE" and trial.constraints["latency"] > 0 and "accuracy" in trial.metrics
 
 
 def test_bad_arguments_are_config_errors(tmp_path):

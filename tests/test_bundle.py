@@ -40,16 +40,24 @@ def test_search_with_export_onnx_writes_a_verified_bundle(onnx_study):
     v = manifest["verification"]
     assert v["min_cosine"] > 0.9999 and v["max_abs_error"] < 1e-4 and v["fresh_process_latency_ms_p50"] > 0
     assert abs(v["accuracy"] - manifest["metrics"]["accuracy"]) <= 0.005
+    from autoopt.measure import allocator_env
+
+    assert manifest["runtime"]["environment"] == allocator_env()
+    assert v["fresh_process_latency_ms_p50_without_environment"] > 0
 
 
-def test_load_restores_the_dict_structure(onnx_study):
+def test_load_restores_the_dict_structure(onnx_study, monkeypatch):
     _, root = onnx_study
+    pinned = []
+    monkeypatch.setattr("autoopt.measure.pin_allocator", pinned.append)
     pipe = autoopt.load_pipeline(TINY_DICT)
     inputs = pipe.make_inputs(6)
     out = autoopt.load(root / "bundle")(*inputs)
     expected = pipe.build_model()(*inputs)
     assert isinstance(out, dict) and set(out) == {"logits", "pooled"}
     torch.testing.assert_close(out["logits"], expected["logits"], rtol=1e-4, atol=1e-5)
+    manifest = json.loads((root / "bundle" / "autoopt.json").read_text())
+    assert pinned == [manifest["runtime"]["environment"]]  # measured with these malloc settings: load applies them
 
 
 def test_exported_model_is_logged_and_registered(onnx_study):
@@ -119,6 +127,7 @@ def test_cli_export_and_trials(onnx_study):
                                "--tracking-uri", str(root / "store")])
     assert done.exit_code == 0, done.output
     assert "verified in a fresh process without autoopt" in done.output and (root / "cli" / "model.onnx").exists()
+    assert "Run it with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728" in " ".join(done.output.split())
     bad = runner.invoke(app, ["export", "--study", "exp-onnx", "--format", "tflite", "--tracking-uri", str(root / "store")])
     assert bad.exit_code == 2 and "--format must be one of [onnx, torchscript]. Got 'tflite'." in bad.output
     missing = runner.invoke(app, ["trials", "--study", "nope", "--tracking-uri", str(root / "store")])

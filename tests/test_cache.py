@@ -49,3 +49,26 @@ def test_artifact_cache_is_bounded_lru_and_safe_to_delete(tmp_path, monkeypatch)
     assert cache.size_mb() <= 1.0
     shutil.rmtree(cache_dir("art"))
     assert ArtifactCache("art").get("a") is None  # deleting the cache only costs a rebuild
+
+
+def test_fingerprint_of_int8_models_follows_their_integer_weights():
+    def int8(seed: int, shift: float = 0.0):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+        with torch.no_grad():
+            model[0].weight.add_(shift)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    x = (torch.randn(2, 64),)
+    key = model_fingerprint(int8(0), x)
+    assert key == model_fingerprint(int8(0), x)  # the same weights: the same key, not an address
+    assert key != model_fingerprint(int8(0, shift=0.5), x)
+    assert key != model_fingerprint(int8(1), x)
+    quantized = torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8)
+    assert model_fingerprint(torch.nn.Identity(), x, w=1) == model_fingerprint(torch.nn.Identity(), x, w=1)
+    h1, h2 = __import__("hashlib").sha256(), __import__("hashlib").sha256()
+    from autoopt.cache import _feed
+
+    _feed(h1, "w", quantized)
+    _feed(h2, "w", torch.quantize_per_tensor(quantized.dequantize(), 0.2, 0, torch.qint8))
+    assert h1.digest() != h2.digest()  # same values, another scale

@@ -78,3 +78,50 @@ def test_a_noisy_measurement_is_repeated_and_the_steadiest_kept(monkeypatch):
     assert repeats == 1 and latency.cv == 0.0 and latency.p50_ms == pytest.approx(1.0)
     steady, repeats = measure.time_steadily(call, min_time_s=0.0, min_calls=20)
     assert repeats == 0
+
+
+PAGE_FAULTS = r'''
+import json, resource, sys, torch
+from autoopt.measure import pin_allocator
+applied = pin_allocator() if sys.argv[1:] == ["pin"] else {}
+torch.set_num_threads(1)
+x = torch.randn(16, 1, 32, 32)
+model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1))
+def faults_per_call():
+    with torch.no_grad():
+        for _ in range(5): model(x)
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20): model(x)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 20
+print(json.dumps({"faults_per_call": faults_per_call(), "applied": applied}))
+'''
+
+
+def test_pinned_allocator_stops_per_call_page_faults():
+    """The reason for pinning: with glibc's default thresholds each call faults its activations back in."""
+    import json
+    import subprocess
+    import sys
+
+    from autoopt.measure import ALLOCATOR_ENV, allocator_env
+
+    if not allocator_env():
+        pytest.skip("not glibc")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    stock, pinned = (json.loads(subprocess.run([sys.executable, "-c", PAGE_FAULTS, *arg], capture_output=True,
+                                               text=True, env=env, timeout=120).stdout.strip().splitlines()[-1])
+                     for arg in ([], ["pin"]))
+    assert stock["applied"] == {} and pinned["applied"] == ALLOCATOR_ENV
+    # stock: every call faults its activations in again; pinned: at most a one-off heap growth
+    assert stock["faults_per_call"] > 100 and pinned["faults_per_call"] < stock["faults_per_call"] / 10, (stock, pinned)
+
+
+def test_allocator_env_keeps_the_users_own_values(monkeypatch):
+    from autoopt.measure import ALLOCATOR_ENV, allocator_env, pin_allocator
+
+    if not allocator_env():
+        pytest.skip("not glibc")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert allocator_env() == {**ALLOCATOR_ENV, "MALLOC_MMAP_THRESHOLD_": "1048576"}
+    assert pin_allocator({"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "nonsense"}) == {}
+    assert pin_allocator(ALLOCATOR_ENV) == ALLOCATOR_ENV

@@ -69,13 +69,16 @@ def test_onnxruntime_quantizes_the_graph(mode, op, tmp_path):
     assert prepared.artifact != fp32.artifact
 
 
-def test_onnx_artifacts_are_cached_by_what_determines_them(tmp_path):
+@pytest.mark.parametrize("mode", ["onnxruntime", "torchscript"])
+def test_artifacts_are_cached_by_what_determines_them(mode, tmp_path):
     pipe = load_pipeline(TINY_MLP)
-    _, first = build("onnxruntime", pipe, tmp_path / "a", batch_size=1, threads=1)
-    _, again = build("onnxruntime", pipe, tmp_path / "b", batch_size=64)
-    _, other = build("onnxruntime", pipe, tmp_path / "c", quantization="dynamic_int8")
+    _, first = build(mode, pipe, tmp_path / "a", batch_size=1, threads=1)
+    _, again = build(mode, pipe, tmp_path / "b", batch_size=64, threads=2)
+    _, other = build(mode, pipe, tmp_path / "c", quantization="dynamic_int8")
+    _, other_again = build(mode, pipe, tmp_path / "d", quantization="dynamic_int8", batch_size=8)
     assert first.artifact == again.artifact  # batch size and threads do not change the file
-    assert other.artifact != first.artifact
+    assert other.artifact != first.artifact and other_again.artifact == other.artifact
+    assert not any((tmp_path / "b").iterdir())  # a hit builds nothing
 
 
 def test_transformer_fusion_says_when_there_is_nothing_to_fuse(tmp_path):

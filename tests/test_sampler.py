@@ -4,20 +4,19 @@ from autoopt.sampler import ValidConfigSampler
 from optuna.distributions import CategoricalDistribution
 
 
-def test_skips_finished_configs_and_conflicts_already_pruned():
+def test_never_draws_a_conflict_or_a_finished_config():
     dists = {"a": CategoricalDistribution([0, 1, 2]), "b": CategoricalDistribution(["x", "y"])}
 
     def conflict(c):
         return "b=y needs a>0" if c["b"] == "y" and c["a"] == 0 else None
 
     study = optuna.create_study(sampler=ValidConfigSampler(optuna.samplers.RandomSampler(seed=1), dists, conflict, seed=1))
-    study.enqueue_trial({"a": 0, "b": "y"})
+    study.enqueue_trial({"a": 1, "b": "x"})
     trial = study.ask()
     trial.suggest_categorical("a", [0, 1, 2]), trial.suggest_categorical("b", ["x", "y"])
-    trial.set_user_attr("reason", conflict(trial.params))
-    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    study.tell(trial, 1.0)
     seen = [trial.params]
-    for _ in range(4):  # 6 combinations, 1 conflicting and already pruned, 1 seen: 4 fresh ones are left
+    for _ in range(4):  # 6 combinations, 1 conflicting (never drawn, no trial spent on it), 1 seen: 4 are left
         t = study.ask()
         params = {"a": t.suggest_categorical("a", [0, 1, 2]), "b": t.suggest_categorical("b", ["x", "y"])}
         assert params not in seen and conflict(params) is None

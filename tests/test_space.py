@@ -111,3 +111,7 @@ def test_warm_start_gives_the_known_good_combinations_the_space_can_express(writ
     narrow = load_space(write_file("s.yaml", "batch_size: [1, 4]\ncompile_mode: [eager, onnxruntime]\n"), "cpu")
     assert [s["compile_mode"] for s in narrow.warm_start("cpu")] == ["onnxruntime"]  # int8 is not in this space
     assert load_space(None, "cpu", "train").warm_start("cpu")[0]["precision"] == "bf16"
+    space = load_space(None, "cpu")  # batch sizes [1, 8, 32, 64, 128]
+    assert {s["batch_size"] for s in space.warm_start("cpu", max_batch=20.5)} == {8}  # capped under a latency target
+    assert {s["batch_size"] for s in space.warm_start("cpu", max_batch=500)} == {32}  # never above the middle
+    assert {s["batch_size"] for s in space.warm_start("cpu", max_batch=0.3)} == {1}

@@ -70,3 +70,26 @@ def test_abandoned_trials_are_found_by_pid_here_and_by_heartbeat_elsewhere():
     assert state == {"dead_here": ("FAIL", ABANDONED), "alive_here": ("RUNNING", None),
                      "stale_elsewhere": ("FAIL", ABANDONED), "beating_elsewhere": ("RUNNING", None)}
     assert recovered == [0, 2]
+
+
+def test_warm_start_follows_the_reference_with_a_batch_the_latency_target_allows():
+    from autoopt.space import load_space
+    from autoopt.study import Targets, open_study, run
+
+    space = load_space(None, "cpu")  # batch sizes [1, 8, 32, 64, 128]
+    study = open_study("warm", None, 0, space, "cpu")
+    asked = []
+
+    def evaluate(config: dict, number: int) -> dict:  # the reference takes 2 ms per sample
+        asked.append(config)
+        ms = 2.0 * config["batch_size"] / (1 if number == 0 else 4)
+        return {"status": "complete", "reason": None, "metrics": {
+            "latency_ms_p50": ms, "latency_ms_p95": ms, "throughput": config["batch_size"] / ms * 1e3,
+            "accuracy": 1.0, "accuracy_drop": 0.0, "peak_memory_mb": 1.0}}
+
+    run(study, space, [evaluate], Targets(latency_ms=20.0), 5, None, "cpu", [])
+    assert asked[0] == space.reference_config()
+    # 20 ms / 2 ms per sample x WARM_START_SPEEDUP (2) = 20 samples: the largest batch up to that is 8
+    assert [(c["compile_mode"], c["batch_size"]) for c in asked[1:4]] == [
+        ("torchscript", 8), ("onnxruntime", 8), ("onnxruntime", 8)]
+    assert all(t.user_attrs.get("warm_start") for t in study.trials[1:4])

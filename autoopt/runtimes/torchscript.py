@@ -6,13 +6,17 @@ calibration batch); on a mismatch the model is scripted instead, and when script
 trial is pruned with the reason. Dict and tuple outputs are traced with strict=False.
 torch.ao int8 models (dynamic, FX static) survive tracing and freezing: this is the runtime that
 ships them.
+The file does not depend on batch size or threads (traced at batch 2, checked at the trial's batch and
+a calibration batch), so it is cached by the fingerprint of the model it was built from.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
+from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
 from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, output_spec, outputs_close, torch_predictor
 
@@ -53,10 +57,32 @@ def script_module(model, example_inputs: tuple, check_inputs: list[tuple], scope
 
 def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     import torch
+    from torch.utils import _pytree as pytree
 
     model = model.to(ctx.device)
     dtype = model_dtype(model)
     cast = lambda xs: cast_inputs(xs, dtype, ctx.device)  # noqa: E731
+    cache = ArtifactCache("torchscript")
+    key = model_fingerprint(model, ctx.example_inputs, device=ctx.device, torch=torch.__version__)
+    entry = cache.get(key)
+    if entry is None:
+        path, how = _build(model, config, ctx, cast)
+        with torch.no_grad():
+            spec = output_spec(model(*cast(ctx.example_inputs)))
+        meta = os.path.join(ctx.workdir, "meta.json")
+        with open(meta, "w") as f:
+            json.dump({"how": how, "output_spec": pytree.treespec_dumps(spec)}, f)
+        entry = cache.put(key, {"model.pt": path, "meta.json": meta})
+    meta = json.loads((entry / "meta.json").read_text())
+    artifact = str(entry / "model.pt")
+    return Prepared(os.path.getsize(artifact) / 1e6, artifact=artifact, state={
+        "dtype": dtype, "how": meta["how"], "output_spec": pytree.treespec_loads(meta["output_spec"]), "cache_key": key,
+    })
+
+
+def _build(model, config: dict, ctx: BuildContext, cast) -> tuple[str, str]:
+    import torch
+
     checks = [cast(ctx.batch_inputs)] + [cast(b) for b in list(ctx.calibration())[:1]]
     scope = {"compile_mode": "torchscript", "quantization": config.get("quantization", "none"),
              "precision": config.get("precision", "fp32")}
@@ -76,9 +102,7 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
             how += "+optimize_for_inference"
         except Exception:  # noqa: BLE001 - the frozen module is already saved and good
             pass
-    with torch.no_grad():
-        spec = output_spec(model(*cast(ctx.example_inputs)))
-    return Prepared(os.path.getsize(path) / 1e6, artifact=path, state={"dtype": dtype, "how": how, "output_spec": spec})
+    return path, how
 
 
 def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
