@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import gc
 import json
 import os
 import select
@@ -41,17 +40,8 @@ from .errors import Unsupported
 from .measure import OverTarget
 
 CALIBRATION_BATCHES = 16
-MAX_TRIALS_PER_WORKER = 25
-EARLY_STOP_MARGIN = 1.5  # a trial whose calls already take this many times the latency target stops  # then a fresh process: bounds whatever a runtime leaks between trials
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the OS so the next RSS measurement starts from live memory."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+MAX_TRIALS_PER_WORKER = 25  # then a fresh process: bounds whatever a runtime leaks between trials
+EARLY_STOP_MARGIN = 1.5  # a trial whose calls already take this many times the latency target stops
 
 
 @contextlib.contextmanager
@@ -141,7 +131,6 @@ def run_trial(request: dict) -> dict:
     limit_mb, limit_ms = request.get("memory_limit_mb"), request.get("latency_limit_ms")
     recent_ms: list[float] = []
     with device_lock(device, exclusive=True):
-        _release_free_memory()
         started = time.perf_counter()
         with PeakMemory(device) as peak:
             def guard(calls: int, seconds: float = 0.0) -> None:  # a trial already past a target stops here
