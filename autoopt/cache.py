@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_MAX_MB = 2048
 
@@ -102,6 +103,18 @@ class ArtifactCache:
             shutil.rmtree(tmp, ignore_errors=True)
         self._evict(keep=entry)
         return entry
+
+    def get_or_build(self, key: str, name: str, build: Callable[[], tuple[str, dict]], workdir: str) -> tuple[str, dict]:
+        """(path of the artifact `name`, its JSON metadata) under `key`; on a miss `build()` returns the
+        built file and the metadata, which are stored first."""
+        entry = self.get(key)
+        if entry is None:
+            path, meta = build()
+            meta_path = os.path.join(workdir, "meta.json")
+            with open(meta_path, "w") as f:
+                json.dump(meta, f)
+            entry = self.put(key, {name: path, "meta.json": meta_path})
+        return str(entry / name), json.loads((entry / "meta.json").read_text())
 
     def _evict(self, keep: Path) -> None:
         entries = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")]

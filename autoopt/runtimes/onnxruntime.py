@@ -12,7 +12,6 @@ and nested tuple outputs come back with the eager model's structure.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import warnings
 
@@ -148,12 +147,11 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.cpu()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     fusion, quant = config.get("graph_fusion", "basic"), config.get("quantization", "none")
-    cache = ArtifactCache("onnx")
     key = model_fingerprint(model, example, graph_fusion=fusion, quantization=quant,
                             quant_granularity=config.get("quant_granularity") if quant != "none" else None,
                             torch=torch.__version__, onnxruntime=onnxruntime.__version__)
-    entry = cache.get(key)
-    if entry is None:
+
+    def build() -> tuple[str, dict]:
         path = os.path.join(ctx.workdir, "model.onnx")
         names, spec = export_onnx(model, example, path)
         if fusion == "transformer":
@@ -162,12 +160,9 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
         if quant != "none":
             _quantize(path, quantized := os.path.join(ctx.workdir, "quantized.onnx"), config, names, ctx)
             path = quantized
-        meta = os.path.join(ctx.workdir, "meta.json")
-        with open(meta, "w") as f:
-            json.dump({"input_names": names, "output_spec": pytree.treespec_dumps(spec)}, f)
-        entry = cache.put(key, {"model.onnx": path, "meta.json": meta})
-    meta = json.loads((entry / "meta.json").read_text())
-    artifact = str(entry / "model.onnx")
+        return path, {"input_names": names, "output_spec": pytree.treespec_dumps(spec)}
+
+    artifact, meta = ArtifactCache("onnx").get_or_build(key, "model.onnx", build, ctx.workdir)
     return Prepared(os.path.getsize(artifact) / 1e6, artifact=artifact, state={
         "input_names": meta["input_names"], "output_spec": pytree.treespec_loads(meta["output_spec"]),
         "cache_key": key,

@@ -12,7 +12,6 @@ a calibration batch), so it is cached by the fingerprint of the model it was bui
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -62,19 +61,15 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.to(ctx.device)
     dtype = model_dtype(model)
     cast = lambda xs: cast_inputs(xs, dtype, ctx.device)  # noqa: E731
-    cache = ArtifactCache("torchscript")
     key = model_fingerprint(model, ctx.example_inputs, device=ctx.device, torch=torch.__version__)
-    entry = cache.get(key)
-    if entry is None:
+
+    def build() -> tuple[str, dict]:
         path, how = _build(model, config, ctx, cast)
         with torch.no_grad():
             spec = output_spec(model(*cast(ctx.example_inputs)))
-        meta = os.path.join(ctx.workdir, "meta.json")
-        with open(meta, "w") as f:
-            json.dump({"how": how, "output_spec": pytree.treespec_dumps(spec)}, f)
-        entry = cache.put(key, {"model.pt": path, "meta.json": meta})
-    meta = json.loads((entry / "meta.json").read_text())
-    artifact = str(entry / "model.pt")
+        return path, {"how": how, "output_spec": pytree.treespec_dumps(spec)}
+
+    artifact, meta = ArtifactCache("torchscript").get_or_build(key, "model.pt", build, ctx.workdir)
     return Prepared(os.path.getsize(artifact) / 1e6, artifact=artifact, state={
         "dtype": dtype, "how": meta["how"], "output_spec": pytree.treespec_loads(meta["output_spec"]), "cache_key": key,
     })
