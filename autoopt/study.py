@@ -164,9 +164,9 @@ def run(
     import threading
 
     _recover_abandoned(study, storage, listeners)
-    fresh = all(t.user_attrs.get("reference") for t in study.get_trials(deepcopy=False))  # nothing past the reference
-    if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING")
-               for t in study.get_trials(deepcopy=False)):
+    existing = study.get_trials(deepcopy=False)
+    fresh = all(t.user_attrs.get("reference") for t in existing)  # nothing past the reference
+    if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING") for t in existing):
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
     budget = _Budget(study, n_trials, timeout_s)
     if fresh and warm_start:  # a resumed study already has what these would teach
