@@ -14,10 +14,14 @@ from .pipeline import Pipeline, bundled_pipelines, load_pipeline  # noqa: E402
 
 def __getattr__(name):
     # search() pulls in torch, optuna and MLflow: import it on first use so `autoopt --help` stays fast.
-    if name in ("search", "SearchResult", "export"):
+    if name in ("search", "SearchResult", "export", "trials"):
         from . import api
 
         return getattr(api, name)
+    if name == "SearchOptions":
+        from .options import SearchOptions
+
+        return SearchOptions
     if name == "load":
         from .loader import load
 
@@ -30,6 +34,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Pipeline", "search", "SearchResult", "export", "load", "load_pipeline", "bundled_pipelines", "cache_dir", "cached_state_dict",
+    "Pipeline", "search", "SearchResult", "SearchOptions", "export", "load", "load_pipeline", "bundled_pipelines", "cache_dir",
+    "cached_state_dict",
     "AutoOptError", "ConfigError", "PipelineError", "Unsupported", "__version__",
 ]

@@ -2,13 +2,15 @@
 
 (Named bundle.py, not export.py: a submodule named `export` would shadow the `autoopt.export()` function.)
 
-The bundle directory holds `model.onnx` (one file) or `model.pt` (TorchScript) and `autoopt.json`.
-The runtime that built the trial's `predict` writes the file, so what ships is what was measured.
-Verification: onnx.checker; a fresh process that cannot import autoopt loads the file with plain
-onnxruntime / torch.jit.load, runs the pipeline's inputs at two batch sizes, and re-times the trial's
-batch size under the recorded malloc environment (and once more without it, for the record); outputs
-are compared with the reference model, and the pipeline's metric is recomputed on the exported file.
-Any mismatch fails the export with the numbers and leaves nothing behind.
+The bundle directory holds the model file its format names (`model.onnx`, `model.pt`, ...) and
+`autoopt.json`. The runtime that built the trial's `predict` writes the file, so what ships is what
+was measured; its `ExportFormat` says how the file is checked, loaded and logged.
+Verification: the format's structural check; a fresh process that cannot import autoopt (verifier.py)
+loads the file with the format's plain loader, runs the pipeline's inputs at two batch sizes, and
+re-times the trial's batch size under the recorded malloc environment (and once more without it, for
+the record); outputs are compared with the reference model within the tolerance the trial's knobs
+declare, and the pipeline's metric is recomputed on the exported file. Any mismatch fails the export
+with the numbers and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -23,15 +25,12 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .errors import AutoOptError, ConfigError
+from . import knobs, verifier
+from .errors import AutoOptError, ConfigError, ExportError, option
+from .results import TrialState, ranked_feasible, records
+from .runtimes import FORMATS, export_format
 
-FORMATS = {"onnx": "onnxruntime", "torchscript": "torchscript"}  # format -> the runtime that writes it
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 ACCURACY_TOLERANCE = 0.005  # the recomputed metric must match the trial's within half a point
-
-
-class ExportError(AutoOptError):
-    """The export could not be written or did not verify; nothing was left behind."""
 
 
 @dataclass
@@ -64,42 +63,48 @@ def package_versions(*names: str) -> dict:
     return out
 
 
+def check_format(fmt: str, name: str = "format") -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"{option(name)} must be one of [{', '.join(FORMATS)}]. Got {fmt!r}.")
+    return fmt
+
+
 def select_trial(study, number: int | None, fmt: str):
     """The trial to export: `number`, or the best feasible one; its runtime must suit the format."""
-    from .study import ranked_feasible, records
-
     trials = records(study)
-    carried = [t for t in ranked_feasible(trials) if t.config.get("compile_mode") == FORMATS[fmt]]
+    runtime = FORMATS[fmt]
+    carried = [t for t in ranked_feasible(trials) if t.config.get("compile_mode") == runtime]
     if number is None:
         if not carried:
-            raise ConfigError(f"Study {study.study_name} has no feasible trial that ran on {FORMATS[fmt]}, the runtime "
-                              f"--format {fmt} ships. Search with --export {fmt}, or pass --trial N.")
+            raise ConfigError(f"Study {study.study_name} has no feasible trial that ran on {runtime}, the runtime "
+                              f"{option('format', fmt)} ships. Search with {option('export', fmt)}, or pass "
+                              f"{option('trial')}.")
         return carried[0]
     found = [t for t in trials if t.number == number]
-    if not found or found[0].state != "COMPLETE":
+    if not found or found[0].state != TrialState.COMPLETE:
         raise ConfigError(f"Trial {number} of study {study.study_name} is not a complete trial; "
-                          f"complete trials: {[t.number for t in trials if t.state == 'COMPLETE']}.")
+                          f"complete trials: {[t.number for t in trials if t.state == TrialState.COMPLETE]}.")
     chosen = found[0]
-    if chosen.config.get("compile_mode") != FORMATS[fmt]:
+    if chosen.config.get("compile_mode") != runtime:
         hint = (f"the closest exportable trial is {carried[0].number} ({carried[0].metrics['throughput']:,.0f} samples/s)"
-                if carried else f"no feasible trial of this study ran on {FORMATS[fmt]}; search with --export {fmt}")
+                if carried else f"no feasible trial of this study ran on {runtime}; search with {option('export', fmt)}")
         raise ConfigError(f"Trial {chosen.number} ran on compile_mode={chosen.config.get('compile_mode')}, which "
-                          f"--format {fmt} cannot carry (it needs compile_mode={FORMATS[fmt]}): {hint}.")
+                          f"{option('format', fmt)} cannot carry (it needs compile_mode={runtime}): {hint}.")
     return chosen
 
 
 def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) -> ExportResult:
     """Build, verify and write the bundle of `trial` (a TrialRecord of `study`) atomically to `out`."""
     from .accuracy import candidate_accuracy
-    from .measure import allocator_env
+    from .candidate import build_candidate
     from .pipeline import load_pipeline
-    from .worker import build_candidate
 
+    fmt_spec = export_format(fmt)
     meta = study.user_attrs.get("autoopt", {})
     pipe = pipeline or load_pipeline(meta.get("pipeline"))
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out} exists and is not empty. Choose a new directory or empty it.")
+        raise ConfigError(f"{option('out')} {out} exists and is not empty. Choose a new directory or empty it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -107,34 +112,26 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
         batch = int(config["batch_size"])
         runtime, prepared, ctx, build_s = build_candidate(pipe, config, "cpu", int(config["threads"]), str(tmp),
                                                           pipe.make_inputs(batch))
-        model_file = tmp / MODEL_FILES[fmt]
+        model_file = tmp / fmt_spec.model_file
         if Path(prepared.artifact).resolve() != model_file:
             shutil.copyfile(prepared.artifact, model_file)
         for extra in tmp.iterdir():  # intermediate files of the build
             if extra != model_file:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
         reference = pipe.reference_model().eval()
-        example = pipe.make_inputs(2)
         manifest = {
-            "format": fmt, "model_file": model_file.name, "config": config,
-            "inputs": [{"name": name, "shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).replace("torch.", "")}
-                       for name, t in zip(_input_names(prepared, reference, example), example)],
-            "outputs": _output_structure(reference, example),
-            "runtime": {"threads": int(config["threads"]), "graph_fusion": config.get("graph_fusion", "basic"),
-                        "dtype": str(prepared.state.get("dtype", "torch.float32")).replace("torch.", ""),
-                        "environment": allocator_env()},
+            **model_manifest(fmt, config, prepared, reference, pipe.make_inputs(2)),
             "metrics": {k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
                                                            "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop")},
             "remeasured": trial.remeasured,  # the end-of-search interleaved figures, when the trial took part
-            "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]), "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx"),
+            "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]),
+            "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx"),
             "source": {"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,
                        "mlflow_parent_run_id": meta.get("parent_run_id"), "pipeline": pipe.name},
         }
         (tmp / "autoopt.json").write_text(json.dumps(manifest, indent=2))
-        if fmt == "onnx":
-            import onnx
-
-            onnx.checker.check_model(str(model_file))
+        if fmt_spec.check is not None:
+            fmt_spec.check(str(model_file))
         manifest["verification"] = _verify(tmp, manifest, pipe, reference, batch)
         from .loader import load
 
@@ -157,10 +154,23 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
     return ExportResult(out, manifest)
 
 
-def _input_names(prepared, model, example) -> list[str]:
-    from .runtimes.onnxruntime import input_names
+def model_manifest(fmt: str, config: dict, prepared, reference, example: tuple) -> dict:
+    """What loading the model file takes: its format and name, the configuration, the inputs (names,
+    shapes with a batch axis, dtypes), the reference's output structure and the runtime settings the
+    trial was measured with (threads, the format's own settings, the malloc environment)."""
+    from .measure import allocator_env
+    from .runtimes.base import input_names
 
-    return prepared.state.get("input_names") or input_names(model, len(example))
+    spec = export_format(fmt)
+    names = prepared.state.get("input_names") or input_names(reference, len(example))
+    return {
+        "format": fmt, "model_file": spec.model_file, "config": config,
+        "inputs": [{"name": name, "shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).replace("torch.", "")}
+                   for name, t in zip(names, example)],
+        "outputs": _output_structure(reference, example),
+        "runtime": {"threads": int(config["threads"]), **spec.settings(config, prepared),
+                    "environment": allocator_env()},
+    }
 
 
 def _output_structure(model, example) -> dict:
@@ -170,15 +180,6 @@ def _output_structure(model, example) -> dict:
     with torch.inference_mode():
         outputs = model(*example)
     return {"paths": list(_flat(outputs)), "pytree": pytree.treespec_dumps(pytree.tree_flatten(outputs)[1])}
-
-
-def _tolerance(config: dict) -> tuple[float, float]:
-    """(minimum cosine, relative max-abs error) the exported outputs must reach against the reference."""
-    if config.get("quantization", "none") != "none" or config.get("pruning_amount", 0) > 0:
-        return 0.95, float("inf")  # approximations by design: the metric check below bounds them
-    if config.get("precision", "fp32") != "fp32":
-        return 0.999, 0.05
-    return 0.99999, 1e-3
 
 
 def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
@@ -193,12 +194,12 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
         for b in batches:
             np.savez(work / f"inputs_{b}.npz", *[t.numpy() for t in inputs[b]])
         environment = manifest["runtime"]["environment"]
-        report = _run_verifier(work, {"bundle": str(bundle), "batches": batches, "time_batch": batch},
-                               {**os.environ, **environment})
+        fmt = export_format(manifest["format"])
+        report = run_verifier(work, bundle, fmt, batches, batch, {**os.environ, **environment})
         # The same timing without the recorded environment: what a deployment that skips it would see.
-        plain = _run_verifier(work, {"bundle": str(bundle), "batches": [], "time_batch": batch},
-                              {k: v for k, v in os.environ.items() if k not in environment}) if environment else report
-        min_cos, rel = _tolerance(manifest["config"])
+        plain = run_verifier(work, bundle, fmt, [], batch,
+                             {k: v for k, v in os.environ.items() if k not in environment}) if environment else report
+        min_cos, rel = knobs.export_tolerance(manifest["config"])
         worst_cos, worst_err = 1.0, 0.0
         for b in batches:
             with torch.inference_mode():
@@ -221,69 +222,17 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_verifier(work: Path, request: dict, env: dict) -> dict:
-    (work / "request.json").write_text(json.dumps({**request, "work": str(work)}))
-    done = subprocess.run([sys.executable, "-c", VERIFIER, str(work / "request.json")],
+def run_verifier(work: Path, bundle: Path, fmt, batches: list[int], time_batch: int, env: dict) -> dict:
+    """Run verifier.py on `bundle` in a fresh interpreter (-I: no script directory, no user site)
+    that cannot import autoopt; returns its report (the timing of `time_batch`)."""
+    import inspect
+
+    request = {"bundle": str(bundle), "work": str(work), "batches": batches, "time_batch": time_batch,
+               "loader": inspect.getsource(fmt.plain_loader), "loader_name": fmt.plain_loader.__name__}
+    (work / "request.json").write_text(json.dumps(request))
+    done = subprocess.run([sys.executable, "-I", verifier.__file__, str(work / "request.json")],
                           capture_output=True, text=True, timeout=600, env=env)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ExportError(f"the bundle does not load or run without autoopt: {tail[0]}")
     return json.loads((work / "report.json").read_text())
-
-
-# Runs in a fresh interpreter with autoopt made unimportable: proof that the bundle needs only stock
-# onnxruntime / torch. Writes outputs_<batch>.npz (keyed by output path) and report.json (latency).
-VERIFIER = r'''
-import json, sys, time
-sys.modules["autoopt"] = None
-import numpy as np
-request = json.load(open(sys.argv[1]))
-bundle, work = request["bundle"], request["work"]
-manifest = json.load(open(bundle + "/autoopt.json"))
-names = [i["name"] for i in manifest["inputs"]]
-if manifest["format"] == "onnx":
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = manifest["runtime"]["threads"]
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if manifest["runtime"]["graph_fusion"] == "none":
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(bundle + "/" + manifest["model_file"], options, providers=["CPUExecutionProvider"])
-    def run(inputs):
-        return dict(zip(manifest["outputs"]["paths"], session.run(None, dict(zip(names, inputs)))))
-else:
-    import torch
-    torch.set_num_threads(manifest["runtime"]["threads"])
-    module = torch.jit.load(bundle + "/" + manifest["model_file"])
-    dtype = getattr(torch, manifest["runtime"]["dtype"])
-    def flat(value, prefix=""):
-        if isinstance(value, torch.Tensor):
-            return {prefix or "output": value.float().numpy()}
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        out = {}
-        for key, item in items:
-            out.update(flat(item, prefix + "." + str(key) if prefix else str(key)))
-        return out
-    def run(inputs):
-        tensors = [torch.from_numpy(a) for a in inputs]
-        tensors = [t.to(dtype) if t.is_floating_point() else t for t in tensors]
-        with torch.no_grad():
-            return flat(module(*tensors))
-for b in request["batches"]:
-    data = np.load(work + "/inputs_%d.npz" % b)
-    inputs = [data["arr_%d" % i] for i in range(len(names))]
-    np.savez(work + "/outputs_%d.npz" % b, **run(inputs))
-data = np.load(work + "/inputs_%d.npz" % request["time_batch"])
-inputs = [data["arr_%d" % i] for i in range(len(names))]
-def block(min_calls, min_s):
-    samples, started = [], time.perf_counter()
-    while len(samples) < min_calls or time.perf_counter() - started < min_s:
-        t = time.perf_counter(); run(inputs); samples.append((time.perf_counter() - t) * 1e3)
-    samples.sort()
-    return samples[len(samples) // 2], samples[int(len(samples) * 0.95)]
-block(20, 0.5)  # warm-up
-blocks = sorted(block(30, 1.0) for _ in range(3))  # the median block: one slow stretch of the machine does not decide
-json.dump({"latency_ms_p50": blocks[1][0], "latency_ms_p95": sorted(b[1] for b in blocks)[1]},
-          open(work + "/report.json", "w"))
-'''

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import AutoOptError
-from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
+from .results import TrialState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the fastest deployable version of a PyTorch model that meets your targets.")
@@ -25,7 +25,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(exc: AutoOptError) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(exc.for_cli())}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -79,7 +79,7 @@ class Progress:
     def _print(self, record, seconds: float) -> None:
         head = f"#{record.number:<3} {_describe(record.config)}"
         took = f"  [dim]{seconds:.1f} s[/]"
-        if record.state == "COMPLETE":
+        if record.state == TrialState.COMPLETE:
             m = record.metrics
             mark = "[green]feasible[/]" if record.feasible else "[yellow]infeasible[/]"
             reused = f" (same as #{record.reused_from})" if record.reused_from is not None else ""
@@ -91,7 +91,7 @@ class Progress:
                         f"acc {m['accuracy']:.4f} (drop {m['accuracy_drop']:+.4f})")
             self.console.print(f"{escape(head)}  {what}  {mark}{reused}{took}", highlight=False)
         else:
-            color = "yellow" if record.state == "PRUNED" else "red"
+            color = "yellow" if record.state == TrialState.PRUNED else "red"
             self.console.print(f"{escape(head)}  [{color}]{record.state}[/]: {escape(str(record.reason))}{took}",
                                highlight=False)
 
@@ -145,7 +145,8 @@ def search(
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
     remeasure_top: int = typer.Option(3, min=0, help="Re-time the reference and this many best trials interleaved "
                                                      "at the end; the winner is chosen on those figures (0: off)."),
-    sampler: str = typer.Option("tpe", help="tpe, gp (Gaussian process: slower sampling, for few slow trials), random or grid (every combination once)."),
+    sampler: str = typer.Option("tpe", help="tpe, gp (Gaussian process: slower sampling, for few slow trials), random "
+                                            "or grid (every combination once)."),
     warm_start: bool = typer.Option(True, help="Try the known-good combinations for the device right after the reference."),
     task: str = typer.Option("infer", help="infer (serving: latency, throughput) or train (the training step: "
                                             "batch, precision, checkpointing under --target-memory)."),
@@ -161,23 +162,17 @@ def search(
 
     try:
         result = api.search(
-            pipeline,
-            target_latency=None if target_latency is None else parse_latency_ms(target_latency, "--target-latency"),
-            target_memory=None if target_memory is None else parse_memory_mb(target_memory, "--target-memory"),
-            max_accuracy_drop=parse_fraction(max_accuracy_drop, "--max-accuracy-drop"),
-            space=space, trials=trials,
-            timeout=None if timeout is None else parse_duration_s(timeout, "--timeout"),
-            seed=seed, study=study, tracking_uri=tracking_uri, storage=storage, device=device,
-            trial_timeout=parse_duration_s(trial_timeout, "--trial-timeout"),
-            min_time=parse_duration_s(min_time, "--min-time"), export=export, out=out, register=register,
-            task=task, remeasure_top=remeasure_top, sampler=sampler, warm_start=warm_start, jobs=jobs, fresh_workers=fresh_workers,
-            early_stop=early_stop, listeners=[Progress(console, trials)],
+            pipeline, target_latency=target_latency, target_memory=target_memory, max_accuracy_drop=max_accuracy_drop,
+            space=space, trials=trials, timeout=timeout, seed=seed, study=study, tracking_uri=tracking_uri,
+            storage=storage, device=device, trial_timeout=trial_timeout, min_time=min_time, export=export, out=out,
+            register=register, task=task, remeasure_top=remeasure_top, sampler=sampler, warm_start=warm_start,
+            jobs=jobs, fresh_workers=fresh_workers, early_stop=early_stop, listeners=[Progress(console, trials)],
         )
     except AutoOptError as exc:
         _fail(exc)
     except KeyboardInterrupt:  # before the study started: nothing to report
         err.print("interrupted")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     console.print(_summary(result))
     if any(t.remeasured for t in result.trials):
         console.print("* re-measured at the end, interleaved with the reference (10 rounds): the speedup is the "
@@ -264,16 +259,15 @@ def trials(
         table.add_column(col, justify="left" if col.startswith(("configuration", "state", "feasible")) else "right")
     for t in records:
         m = t.metrics
-        # A training trial has no accuracy: its numerics are the loss deviation (the "drop").
         # A training trial has no accuracy: its numerics are the loss deviation (the "drop"); a trial
         # stopped past a target has only what was measured until then.
-        def cell(key: str, spec: str) -> str:
+        def cell(key: str, spec: str, m: dict = m) -> str:
             return format(m[key], spec) if key in m else "-"
 
         accuracy = cell("accuracy", ".4f") if "grad_cosine" not in m else f"cos {m['grad_cosine']:.4f}"
         cells = [cell("latency_ms_p95", ".2f"), cell("throughput", ",.0f"), cell("peak_memory_mb", ".1f"),
                  accuracy, cell("accuracy_drop", "+.4f")]
-        note = ("yes" if t.feasible else "no") if t.state == "COMPLETE" else (t.reason or "")
+        note = ("yes" if t.feasible else "no") if t.state == TrialState.COMPLETE else (t.reason or "")
         table.add_row(str(t.number), t.state, escape(_describe(t.config)), *cells, escape(note))
     console.print(table)
 
@@ -322,7 +316,7 @@ def ui(
         proc.wait()
     except KeyboardInterrupt:
         tracking.stop_ui(proc)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 def _healthy(base: str) -> bool:

@@ -11,11 +11,14 @@ depend on what else the process happened to import; the bundle records them for 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import gc
 import os
 import re
 import statistics
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ def allocator_env() -> dict:
     """The malloc environment measurements run under: ALLOCATOR_ENV, or the user's own values of those
     variables; {} where the C library is not glibc (the variables mean nothing there)."""
     try:
-        ctypes.CDLL("libc.so.6").gnu_get_libc_version
+        ctypes.CDLL("libc.so.6").gnu_get_libc_version  # noqa: B018 - raises where the C library is not glibc
     except (OSError, AttributeError):
         return {}
     return {name: os.environ.get(name, value) for name, value in ALLOCATOR_ENV.items()}
@@ -53,6 +56,20 @@ def pin_allocator(env: dict | None = None) -> dict:
     except (OSError, AttributeError, ValueError):
         return {}
     return applied
+
+
+@contextlib.contextmanager
+def device_lock(device: str, exclusive: bool):
+    """Machine-wide lock per device: exclusive while timing, shared while building or checking
+    accuracy, so that parallel workers (`--jobs`, or several searches on one machine) never run while
+    a measurement runs."""
+    path = os.path.join(tempfile.gettempdir(), f"autoopt-{device}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock (the kernel also does when the process dies)
 
 
 class OverTarget(Exception):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import PipelineError
+from .errors import PipelineError, option
 
 DEFAULT_PIPELINE = "digits_cnn"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "pipelines"
@@ -163,14 +163,15 @@ def check_training(pipeline: Pipeline) -> tuple[str, int]:
     where = pipeline.source or f"pipeline {pipeline.name!r}"
     missing = [a for a in ("make_batch", "loss_fn") if getattr(pipeline, a) is None]
     if missing:
-        raise PipelineError(f"{where}: --task train needs make_batch and loss_fn in the Pipeline; missing "
+        raise PipelineError(f"{where}: {option('task', 'train')} needs make_batch and loss_fn in the Pipeline; missing "
                             f"{', '.join(missing)}. Add make_batch(batch_size) -> (inputs..., targets...) and "
                             f"loss_fn(outputs, batch) -> scalar tensor.")
     batch = _call(where, "make_batch", pipeline.make_batch, 2)
     n = pipeline.n_inputs()
     if not isinstance(batch, tuple) or len(batch) <= n or not all(isinstance(t, torch.Tensor) for t in batch):
+        length = len(batch) if isinstance(batch, tuple) else "-"
         raise PipelineError(f"{where}: make_batch(2) must return a tuple of tensors: the model's {n} input(s), then "
-                            f"the targets. Got {type(batch).__name__} of length {len(batch) if isinstance(batch, tuple) else '-'}.")
+                            f"the targets. Got {type(batch).__name__} of length {length}.")
     model = pipeline.build_model().train()
     outputs = _call(where, "the model's forward on make_batch(2)", model, *batch[:n])
     loss = _call(where, "loss_fn", pipeline.loss_fn, outputs, batch)

@@ -15,10 +15,12 @@ import statistics
 from pathlib import Path
 
 from .measure import NOISY_CV
-from .study import COMPLETE, Targets, TrialRecord, pareto_front, ranked_feasible, speedup
+from .results import TrialRecord, TrialState, pareto_front, ranked_feasible, speedup
+from .targets import Targets
 
-METRIC_COLUMNS = ("throughput", "latency_ms_p50", "latency_ms_p95", "latency_cv", "latency_unreliable", "machine_load", "peak_memory_mb", "model_size_mb",
-                  "accuracy", "accuracy_drop", "grad_cosine", "build_s", "measure_s", "accuracy_s")
+METRIC_COLUMNS = ("throughput", "latency_ms_p50", "latency_ms_p95", "latency_cv", "latency_unreliable", "machine_load",
+                  "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop", "grad_cosine", "build_s", "measure_s",
+                  "accuracy_s")
 
 
 def write_report(trials: list[TrialRecord], targets: Targets, study, reference: TrialRecord | None,
@@ -83,13 +85,11 @@ def _line(t: TrialRecord, reference: TrialRecord | None) -> str:
 def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord | None,
              importances: dict[str, float], title: str) -> str:
     ranked = ranked_feasible(trials)
-    measured = [t for t in trials if t.state == COMPLETE and t.reused_from is None]
-    states = {s: sum(t.state == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAILED")}
+    measured = [t for t in trials if t.state == TrialState.COMPLETE and t.reused_from is None]
+    states = {s: sum(t.state == s for t in trials) for s in TrialState}
     out = [f"# {title}", "",
-           f"{len(trials)} trials: {states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAILED']} failed. "
-           "Targets: " + ", ".join([f"latency p95 <= {targets.latency_ms:g} ms" if targets.latency_ms else "no latency target",
-                                    f"memory <= {targets.memory_mb:g} MB" if targets.memory_mb else "no memory target",
-                                    f"accuracy drop <= {targets.max_accuracy_drop:g}"]) + ".", ""]
+           f"{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
+           f"{states[TrialState.FAILED]} failed. Targets: {targets.describe()}.", ""]
     out += ["## Reference", "", _line(reference, None) if reference else "The reference did not complete.", ""]
     out += ["## Winner", ""]
     if ranked:
@@ -148,7 +148,7 @@ def write_pareto(trials: list[TrialRecord], max_drop: float, workdir: Path) -> t
             writer.writerow([t.number, *(t.config.get(k) for k in keys), f"{m['throughput']:.2f}",
                              f"{m['accuracy_drop']:.5f}", f"{m['latency_ms_p95']:.3f}", f"{m['peak_memory_mb']:.1f}", t.feasible])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    done = [t for t in trials if t.state == COMPLETE and t.reused_from is None]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.reused_from is None]
     for feasible, color, label in ((True, "tab:green", "meets all targets"), (False, "tab:orange", "misses a target")):
         group = [t for t in done if t.feasible == feasible]
         ax.scatter([t.metrics["accuracy_drop"] for t in group], [t.metrics["throughput"] for t in group],

@@ -9,6 +9,7 @@ the same dict serves as Optuna params, MLflow params and export manifest.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,23 +17,10 @@ from pathlib import Path
 import yaml
 
 from . import knobs
-from .errors import ConfigError
+from .errors import ConfigError, option
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DEFAULT_SPACE = "default"
-
-# Known-good combinations per task and device (README, "What the knobs do on a CPU"; GPU: half
-# precision), tried right after the reference so that a feasible, fast trial comes early. Each is
-# used only where the space holds its values, at the middle batch size of the space.
-WARM_START = {
-    ("infer", "cpu"): ({"quantization": "static_int8", "compile_mode": "torchscript"},
-                       {"quantization": "dynamic_int8", "compile_mode": "onnxruntime"},
-                       {"compile_mode": "onnxruntime"}),
-    ("infer", "cuda"): ({"precision": "fp16", "compile_mode": "inductor"}, {"precision": "bf16"}),
-    ("train", "cpu"): ({"precision": "bf16"},),
-    ("train", "cuda"): ({"precision": "bf16", "compile_mode": "inductor"}, {"precision": "fp16"}),
-}
-
 
 @dataclass(frozen=True)
 class Domain:
@@ -78,6 +66,7 @@ class Space:
     source: str
     notes: list[str] = field(default_factory=list)  # values dropped or added at load, for the user
     task: str = "infer"
+    required: dict = field(default_factory=dict)  # knob values every sampled (not enqueued) trial must have
 
     def distributions(self) -> dict:
         return {name: domain.distribution() for name, domain in self.domains.items()}
@@ -86,20 +75,27 @@ class Space:
         return {name: domain.suggest(trial) for name, domain in self.domains.items()}
 
     def warm_start(self, device: str, max_batch: float | None = None) -> list[dict]:
-        """The known-good configurations (WARM_START) this space can express, each once, at the middle
-        batch size, or the largest one up to `max_batch` when that is smaller (the smallest if none is)."""
+        """The known-good configurations the knobs declare (Knob.warm_start) that this space can express,
+        each once, at the middle batch size, or the largest one up to `max_batch` when that is smaller
+        (the smallest if none is)."""
         domain = self.domains["batch_size"]
         sizes = sorted(domain.choices) if domain.choices is not None else [int(domain.low)]
         batch = sizes[len(sizes) // 2]
         if max_batch is not None and batch > max_batch:
             batch = max([b for b in sizes if b <= max_batch], default=sizes[0])
         out: list[dict] = []
-        for seed in WARM_START.get((self.task, device), ()):
+        for seed in knobs.warm_start_seeds(self.task, device):
             config = {**self.reference_config(), "batch_size": batch, **seed}
             if (all(name in self.domains and self.domains[name].contains(value) for name, value in seed.items())
                     and not knobs.conflict(config, device) and config not in out):
                 out.append(config)
         return out
+
+    def restrict(self, name: str, value) -> None:
+        """Sampled trials take `value` for knob `name`; the reference keeps the knob's baseline (for
+        `--export`: every sampled trial runs on the runtime the format ships)."""
+        self.domains[name] = Domain(name, choices=(knobs.REGISTRY[name].baseline, value))
+        self.required[name] = value
 
     def reference_config(self) -> dict:
         """Every knob at its baseline; a training space's batch size at its smallest value (the
@@ -149,8 +145,9 @@ def load_space(ref: str | os.PathLike | None = None, device: str = "cpu", task: 
         if name not in task_knobs:
             other = "an inference" if task == "train" else "a training"
             raise ConfigError(
-                f"The '{name}' entry of {where} is {other} knob; --task {task} searches [{', '.join(task_knobs)}]. "
-                f"Remove it, or search it with --task {'infer' if task == 'train' else 'train'}."
+                f"The '{name}' entry of {where} is {other} knob; {option('task', task)} searches "
+                f"[{', '.join(task_knobs)}]. Remove it, or search it with "
+                f"{option('task', 'infer' if task == 'train' else 'train')}."
             )
     space = Space(domains={}, source=str(path), task=task)
     for name in task_knobs:
@@ -161,7 +158,7 @@ def load_space(ref: str | os.PathLike | None = None, device: str = "cpu", task: 
                 for value in domain.choices:
                     if value not in knob.train_choices:
                         raise ConfigError(f"The '{name}' entry of {where} must be one of "
-                                          f"[{', '.join(knob.train_choices)}] for --task train. Got {value!r}.")
+                                          f"[{', '.join(knob.train_choices)}] for {option('task', 'train')}. Got {value!r}.")
             domain = _drop_unavailable(knob, domain, device, where, space.notes)
             if not (task == "train" and name == "batch_size"):
                 domain = _with_baseline(knob, domain, where, space.notes)
@@ -251,3 +248,34 @@ def _with_baseline(knob: knobs.Knob, domain: Domain, where: str, notes: list[str
         f"The '{knob.name}' entry of {where} must include the reference value {knob.baseline!r}. "
         f"Got {domain.describe()}; widen the range or use a list."
     )
+
+
+def fit_checkpointing(space: Space, found: str, n_blocks: int, explicit: bool) -> None:
+    """Checkpointing values the model's `n_blocks` repeated blocks (`found`) cannot carry: an error in
+    the user's space file (`explicit`), dropped with a warning from the bundled default space."""
+    from .knobs.checkpointing import every
+
+    log = logging.getLogger("autoopt")
+    domain = space.domains.get("checkpointing")
+    values = [v for v in (domain.choices or ()) if v != "none"] if domain else []
+    if not values:
+        return
+    if not explicit:
+        kept = tuple(v for v in domain.choices if v == "none" or every(v) <= n_blocks)
+        if kept != domain.choices:
+            log.warning("checkpointing=%s dropped from %s: the model has %s repeated blocks%s.",
+                        ", ".join(v for v in domain.choices if v not in kept), space.source, n_blocks or "no",
+                        " (give the Pipeline blocks= to name them)" if not n_blocks else f" ({found})")
+            space.domains["checkpointing"] = Domain("checkpointing", choices=kept)
+        values = [v for v in kept if v != "none"]
+        if not values:
+            return
+    if n_blocks == 0:
+        raise ConfigError(f"The 'checkpointing' entry of {space.source} asks for {values}, but the model has no "
+                          "repeated blocks autoopt can find (a ModuleList or Sequential of same-typed modules). "
+                          "Add blocks=lambda model: [...] to the Pipeline.")
+    too_coarse = [v for v in values if every(v) > n_blocks]
+    if too_coarse:
+        raise ConfigError(f"The 'checkpointing' entry of {space.source} must have k <= {n_blocks} (the blocks of "
+                          f"{found}). Got {too_coarse[0]!r}.")
+    log.info("Checkpointing wraps the blocks of %s", found)

@@ -16,10 +16,10 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-from .study import COMPLETE, FAILED, INTERRUPTED, PRUNED, TrialRecord
+from .results import INTERRUPTED, TrialRecord, TrialState
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-_MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED"}
+_MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAILED: "FAILED"}
 
 
 def _mlflow():
@@ -93,7 +93,7 @@ class Tracker:
             self.experiment_id, run_name=f"trial-{record.number}",
             tags={
                 "mlflow.parentRunId": self.parent_run_id, "autoopt.study": self.study_name,
-                "autoopt.role": "trial", "autoopt.trial": str(record.number), "autoopt.state": "RUNNING",
+                "autoopt.role": "trial", "autoopt.trial": str(record.number), "autoopt.state": TrialState.RUNNING,
                 "autoopt.reference": str(record.reference).lower(),
             },
         )
@@ -198,33 +198,18 @@ def study_urls(tracking_uri: str, base: str, study_name: str | None = None) -> d
 
 def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, manifest: dict,
                        register: str | None = None) -> str:
-    """Log the bundle's model on the study's parent run with the flavor that fits (onnx or pytorch),
-    an input example and explicit requirements (inferring them takes seconds); optionally register it.
+    """Log the bundle's model on the study's parent run with its format's MLflow flavor, an input
+    example and explicit requirements (inferring them takes seconds); optionally register it.
     The manifest goes along as an artifact. Returns the logged model's URI."""
     import numpy as np
+
+    from .runtimes import export_format
 
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri)
     example = {i["name"]: np.zeros([1, *i["shape"][1:]], dtype=i["dtype"]) for i in manifest["inputs"]}
-    model_file = str(bundle / manifest["model_file"])
     with mlflow.start_run(run_id=parent_run_id):
-        if manifest["format"] == "onnx":
-            import onnx
-
-            info = mlflow.onnx.log_model(
-                onnx.load(model_file), name="model", input_example=example,
-                pip_requirements=["onnxruntime", "onnx", "numpy"], onnx_execution_providers=["CPUExecutionProvider"],
-            )
-        else:
-            import torch
-
-            # ScriptModules are logged pickled: MLflow's default pt2 format refuses them. The pytorch
-            # pyfunc takes one tensor, so only a single-input model gets an input example.
-            single = next(iter(example.values())) if len(example) == 1 else None
-            info = mlflow.pytorch.log_model(
-                torch.jit.load(model_file), name="model", serialization_format="pickle", pip_requirements=["torch"],
-                input_example=single,
-            )
+        info = export_format(manifest["format"]).log_model(mlflow, str(bundle / manifest["model_file"]), example)
         mlflow.log_artifact(str(bundle / "autoopt.json"), artifact_path="export")
     if register:
         mlflow.register_model(info.model_uri, register)

@@ -26,7 +26,8 @@ import time
 
 from .knobs.checkpointing import wrap
 from .knobs.precision import torch_dtype
-from .measure import OverTarget
+from .measure import OverTarget, device_lock
+from .protocol import TrialRequest, TrialResult
 
 NUMERICS_STEPS = 5
 NUMERICS_BATCH = 8
@@ -158,18 +159,18 @@ def step_peak_memory_mb(step, batch: tuple, device: str, workdir: str) -> float:
     return max((sum(v) for v in sizes), default=0) / 1e6
 
 
-def run_train_trial(pipeline, request: dict, lock) -> dict:
-    """One training-step trial in the worker; `lock(exclusive)` is the worker's device lock."""
+def run_train_trial(pipeline, request: TrialRequest) -> TrialResult:
+    """One training-step trial in the worker (the configuration's threads already set)."""
     import torch
 
     from .measure import latency_metrics, machine_load, time_steadily
     from .runtimes.base import state_dict_mb
 
-    config, device = request["config"], request["device"]
+    config, device = request.config, request.device
     batch_size = int(config["batch_size"])
     batch = tuple(t.to(device) for t in pipeline.make_batch(batch_size))
     sync = torch.cuda.synchronize if device == "cuda" else None
-    with lock(exclusive=False):
+    with device_lock(device, exclusive=False):
         started = time.perf_counter()
         step, model = build_step(pipeline, config, device)
         step(batch)  # the first step compiles (inductor) and allocates the optimizer state
@@ -177,35 +178,31 @@ def run_train_trial(pipeline, request: dict, lock) -> dict:
             sync()
         build_s = time.perf_counter() - started
 
-    limit_mb = request.get("memory_limit_mb")
-    with lock(exclusive=True):
+    limit_mb = request.memory_limit_mb
+    with device_lock(device, exclusive=True):
         started = time.perf_counter()
-        peak_mb = step_peak_memory_mb(step, batch, device, request["workdir"])
+        peak_mb = step_peak_memory_mb(step, batch, device, request.workdir)
         if limit_mb is not None and peak_mb > limit_mb:
             raise OverTarget(f"memory: peak {peak_mb:.1f} MB is over the {limit_mb:g} MB target "
                              f"(one step measured, not timed)", {"peak_memory_mb": peak_mb, "build_s": build_s})
         load = machine_load()
-        latency, repeats = time_steadily(lambda: step(batch), min_time_s=request["min_time_s"], min_calls=5,
+        latency, repeats = time_steadily(lambda: step(batch), min_time_s=request.min_time_s, min_calls=5,
                                          warmup_min_calls=2, sync=sync)
         measure_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    known = request.get("known_numerics")
+    known = request.known_numerics
     if not known:
-        with lock(exclusive=False):
-            known = numerics(pipeline, config, device, request["reference_numerics"])
+        with device_lock(device, exclusive=False):
+            known = numerics(pipeline, config, device, request.reference_numerics)
     numerics_s = time.perf_counter() - started
-    return {
-        "status": "complete",
-        "reason": None,
-        "metrics": {
-            **latency_metrics(latency, repeats, load, batch_size),  # of one full training step
-            "peak_memory_mb": peak_mb,
-            "model_size_mb": state_dict_mb(model),
-            **known,
-            "threads": torch.get_num_threads(),
-            "build_s": build_s,
-            "measure_s": measure_s,
-            "accuracy_s": numerics_s,
-        },
-    }
+    return TrialResult.complete({
+        **latency_metrics(latency, repeats, load, batch_size),  # of one full training step
+        "peak_memory_mb": peak_mb,
+        "model_size_mb": state_dict_mb(model),
+        **known,
+        "threads": torch.get_num_threads(),
+        "build_s": build_s,
+        "measure_s": measure_s,
+        "accuracy_s": numerics_s,
+    })

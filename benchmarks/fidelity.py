@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 
 import autoopt
-from autoopt.bundle import _run_verifier
+from autoopt.bundle import run_verifier
 from autoopt.knobs import describe
+from autoopt.runtimes import export_format
 
 TARGET_LATENCY = {"digits_cnn": "100ms", "text_transformer": "20ms"}
 
@@ -110,8 +111,8 @@ def retime(bundle: Path, manifest: dict, pipe, n: int) -> list[float]:
     with tempfile.TemporaryDirectory() as work:
         np.savez(Path(work) / f"inputs_{batch}.npz", *[t.numpy() for t in pipe.make_inputs(batch)])
         env = {**os.environ, **manifest["runtime"]["environment"]}
-        return [_run_verifier(Path(work), {"bundle": str(bundle), "batches": [], "time_batch": batch},
-                              env)["latency_ms_p50"] for _ in range(n)]
+        fmt = export_format(manifest["format"])
+        return [run_verifier(Path(work), bundle, fmt, [], batch, env)["latency_ms_p50"] for _ in range(n)]
 
 
 if __name__ == "__main__":

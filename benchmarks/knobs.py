@@ -26,7 +26,7 @@ from autoopt.accuracy import candidate_accuracy
 from autoopt.errors import Unsupported
 from autoopt.measure import percentile
 from autoopt.pipeline import load_pipeline
-from autoopt.worker import build_candidate
+from autoopt.candidate import build_candidate
 
 BATCHES = (1, 32)
 BLOCK_S = 0.03  # time per variant per round

@@ -82,8 +82,8 @@ def run_mode(args, options: dict, print_trials: bool) -> dict:
         return "-" if v is None else format(v, spec)
 
     def table() -> None:
-        print(f"{'trial':>5} {'state':<9} {'configuration (baseline knobs omitted)':<80} {'wall s':>7} {'build s':>7} {'meas s':>7} "
-              f"{'acc s':>6} {'ovh s':>6} {'samples/s':>10} {'speedup':>8}")
+        print(f"{'trial':>5} {'state':<9} {'configuration (baseline knobs omitted)':<80} {'wall s':>7} {'build s':>7} "
+              f"{'meas s':>7} {'acc s':>6} {'ovh s':>6} {'samples/s':>10} {'speedup':>8}")
         for r in rows:
             cfg = describe(r["config"])
             print(f"{r['trial']:>5} {r['state']:<9} {cfg:<80} {fmt(r['wall_s']):>7} {fmt(r['build_s']):>7} "

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import autoopt
 from autoopt import knobs
+from autoopt.machine import cpu_description, cpu_info
 from autoopt.sampler import ValidConfigSampler
 from autoopt.tracking import Tracker
 
@@ -115,6 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     rows, runs = [], []
+    print(f"CPU: {cpu_description()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for pipeline in args.pipelines.split(","):
             space = str(HERE / "spaces" / f"{pipeline}.yaml")
@@ -160,7 +162,7 @@ def main() -> None:
         print(f"{sampler}: at {max(budgets)} trials, >= 95% of the grid optimum in "
               f"{sum(r['share_of_optimum'] >= 0.95 for r in final)}/{len(final)} runs")
     out = HERE / "results" / "search_quality.json"
-    out.write_text(json.dumps({"rows": rows, "runs": runs, "machine": {"cpus": os.cpu_count(),
+    out.write_text(json.dumps({"rows": rows, "runs": runs, "machine": {**cpu_info(), "cpus": os.cpu_count(),
                                                                          "platform": platform.platform()}}, indent=2))
     print(f"wrote {out}")
 

@@ -126,12 +126,12 @@ def test_bad_arguments_are_config_errors(tmp_path):
 
 
 def test_unusable_storages_are_config_errors(tmp_path, monkeypatch):
-    from autoopt import api
+    from autoopt import storage
 
-    with pytest.raises(autoopt.ConfigError, match=r"--storage postgresql://nobody@127.0.0.1:1/x: cannot open it "
+    with pytest.raises(autoopt.ConfigError, match=r"storage='postgresql://nobody@127.0.0.1:1/x': cannot open it "
                                                   r"\(OperationalError: "):
         autoopt.search(TINY_MLP, storage="postgresql://nobody@127.0.0.1:1/x", tracking_uri=str(tmp_path))
-    monkeypatch.setattr(api, "_importable", lambda name: False)
+    monkeypatch.setattr(storage, "_postgres_driver_installed", lambda: False)
     with pytest.raises(autoopt.ConfigError, match=r"needs a PostgreSQL driver, and none is installed. "
                                                   r"Fix: pip install 'psycopg\[binary\]'."):
         autoopt.search(TINY_MLP, storage="postgresql://h/db", tracking_uri=str(tmp_path))
@@ -167,5 +167,5 @@ def test_the_grid_sampler_visits_every_combination_once(tmp_path, write_file):
     seen = {(t.config["batch_size"], t.config["compile_mode"]) for t in result.trials}
     assert len(seen) == 6 and sum(t.reused_from is not None for t in result.trials) == 1  # the reference, again
     ranged = write_file("ranged.yaml", "batch_size: {low: 1, high: 8}\n")
-    with pytest.raises(autoopt.ConfigError, match="--sampler grid needs list domains; .* gives batch_size a range"):
+    with pytest.raises(autoopt.ConfigError, match="sampler='grid' needs list domains; .* gives batch_size a range"):
         autoopt.search(TINY_MLP, space=ranged, sampler="grid", tracking_uri=str(tmp_path))

@@ -81,7 +81,7 @@ def test_a_format_the_trial_cannot_carry_names_the_closest_exportable_trial(onnx
     number = next(t.number for t in result.trials if t.config["compile_mode"] == "onnxruntime")
     with pytest.raises(autoopt.ConfigError, match="has no feasible trial that ran on torchscript"):
         autoopt.export("exp-onnx", format="torchscript", out=str(root / "x"), tracking_uri=str(root / "store"))
-    with pytest.raises(autoopt.ConfigError, match=rf"Trial 0 ran on compile_mode=eager, which --format onnx cannot "
+    with pytest.raises(autoopt.ConfigError, match=rf"Trial 0 ran on compile_mode=eager, which format='onnx' cannot "
                                                   rf"carry \(it needs compile_mode=onnxruntime\): the closest exportable trial is {number}"):
         autoopt.export("exp-onnx", trial=0, format="onnx", out=str(root / "x"), tracking_uri=str(root / "store"))
     assert not (root / "x").exists()

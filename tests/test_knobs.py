@@ -218,3 +218,19 @@ def test_quantized_transformer_runs_the_regular_path():
     with torch.no_grad():
         torch.testing.assert_close(quantized(x), model(x), atol=0.1, rtol=0.1)
     assert torch.backends.mha.get_fastpath_enabled()  # restored after the call
+
+
+def test_knob_facts_decide_numerics_reuse_export_tolerance_and_warm_start():
+    from autoopt import knobs
+
+    assert knobs.numerics_free() == ("batch_size", "threads")
+    ref = knobs.reference_config()
+    assert knobs.export_tolerance({**ref, "batch_size": 64, "compile_mode": "onnxruntime"}) == knobs.EXACT
+    assert knobs.export_tolerance({**ref, "precision": "bf16"}) == (0.999, 0.05)
+    assert knobs.export_tolerance({**ref, "quantization": "dynamic_int8"}) == (0.95, float("inf"))
+    assert knobs.export_tolerance({**ref, "pruning_amount": 0.3}) == (0.95, float("inf"))
+    assert knobs.warm_start_seeds("infer", "cpu") == [
+        {"quantization": "static_int8", "compile_mode": "torchscript"},
+        {"quantization": "dynamic_int8", "compile_mode": "onnxruntime"},
+        {"compile_mode": "onnxruntime"}]
+    assert knobs.warm_start_seeds("train", "cpu") == [{"precision": "bf16"}]

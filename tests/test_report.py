@@ -1,7 +1,8 @@
 """The study report: what it says about the reference, the winner, the runner-up and the noise."""
 
 from autoopt.report import markdown, write_trials_csv
-from autoopt.study import Targets, TrialRecord
+from autoopt.results import TrialRecord
+from autoopt.targets import Targets
 
 TARGETS = Targets(latency_ms=10.0, max_accuracy_drop=0.01)
 

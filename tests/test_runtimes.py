@@ -1,15 +1,40 @@
-"""Every runtime: prepare + load a candidate; predict must match eager and keep the output structure."""
+"""The runtime conformance suite, over every registered runtime: the contract, predict matching eager
+with the output structure kept, and for an exportable runtime a bundle that a fresh process without
+autoopt, `autoopt.load` and MLflow all take. Then what is specific to each runtime."""
 
+import json
+import os
+import shutil
+
+import numpy as np
 import pytest
 import torch
 
-from autoopt import knobs, runtimes
+import autoopt
+from autoopt import bundle, knobs, runtimes
 from autoopt.errors import Unsupported
 from autoopt.pipeline import load_pipeline
+from autoopt.runtimes.base import ExportFormat, Runtime
 from conftest import TINY_DICT, TINY_MLP
 
-# One value per runtime module (the inductor modes share one; max-autotune only adds autotuning time).
-RUNTIME_MODES = ["eager", "torchscript", "inductor", "onnxruntime"]
+
+def one_mode_per_runtime() -> list[str]:
+    """The first compile_mode value of each registered runtime module (the inductor modes share one)."""
+    modes, seen = [], []
+    for mode, runtime in runtimes.RUNTIMES.items():
+        if runtime not in seen:
+            seen.append(runtime)
+            modes.append(mode)
+    return modes
+
+
+RUNTIME_MODES = one_mode_per_runtime()
+
+
+def available(mode: str, device: str = "cpu") -> None:
+    reason = runtimes.get(mode).unavailable(mode, device)
+    if reason:
+        pytest.skip(reason)
 
 
 def build(compile_mode, pipe, tmp_path, device="cpu", **overrides):
@@ -26,8 +51,25 @@ def build(compile_mode, pipe, tmp_path, device="cpu", **overrides):
     return runtime.load(prepared, config, ctx), prepared
 
 
+@pytest.mark.parametrize("mode", list(runtimes.RUNTIMES))
+def test_every_runtime_satisfies_the_contract(mode):
+    runtime = runtimes.get(mode)
+    assert isinstance(runtime, Runtime)
+    assert runtime.REALIZES <= set(knobs.REGISTRY)
+    assert runtime.unavailable(mode, "cpu") is None or isinstance(runtime.unavailable(mode, "cpu"), str)
+    assert runtime.conflict({**knobs.reference_config(), "compile_mode": mode}, "cpu") is None
+    if runtime.EXPORT is not None:
+        assert isinstance(runtime.EXPORT, ExportFormat) and runtime.EXPORT.model_file
+        assert runtimes.get(runtimes.FORMATS[runtime.EXPORT.name]) is runtime
+
+
+def test_every_compile_mode_value_has_a_registered_runtime():
+    assert set(runtimes.RUNTIMES) == set(knobs.REGISTRY["compile_mode"].choices)
+
+
 @pytest.mark.parametrize("mode", RUNTIME_MODES)
 def test_predict_matches_eager_at_another_batch_size(mode, tmp_path):
+    available(mode)
     pipe = load_pipeline(TINY_MLP)
     x = pipe.make_inputs(5)
     expected = pipe.build_model()(*x)
@@ -36,6 +78,7 @@ def test_predict_matches_eager_at_another_batch_size(mode, tmp_path):
 
 @pytest.mark.parametrize("mode", RUNTIME_MODES)
 def test_dict_outputs_and_two_inputs_keep_their_structure(mode, tmp_path):
+    available(mode)
     pipe = load_pipeline(TINY_DICT)
     inputs = pipe.make_inputs(3)
     out = build(mode, pipe, tmp_path)[0].predict(*inputs)
@@ -43,6 +86,61 @@ def test_dict_outputs_and_two_inputs_keep_their_structure(mode, tmp_path):
     assert isinstance(out, dict) and set(out) == {"logits", "pooled"}
     for key in expected:
         torch.testing.assert_close(out[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def flat(outputs: dict) -> dict:
+    return {key: value.detach().numpy() for key, value in outputs.items()}
+
+
+@pytest.fixture(params=sorted(runtimes.FORMATS))
+def bundle_dir(request, tmp_path):
+    """A bundle of an exportable runtime's artifact for the two-input, dict-output model."""
+    fmt, pipe = request.param, load_pipeline(TINY_DICT)
+    mode = runtimes.FORMATS[fmt]
+    available(mode)
+    _, prepared = build(mode, pipe, tmp_path / "build")
+    config = {**knobs.reference_config(), "compile_mode": mode, "threads": 1}
+    manifest = bundle.model_manifest(fmt, config, prepared, pipe.build_model(), pipe.make_inputs(2))
+    out = tmp_path / "bundle"
+    out.mkdir()
+    shutil.copyfile(prepared.artifact, out / manifest["model_file"])
+    (out / "autoopt.json").write_text(json.dumps(manifest))
+    spec = runtimes.export_format(fmt)
+    if spec.check is not None:
+        spec.check(str(out / manifest["model_file"]))
+    return out, spec, pipe
+
+
+def test_an_exportable_runtime_s_bundle_runs_in_a_process_without_autoopt(bundle_dir, tmp_path):
+    out, spec, pipe = bundle_dir
+    work = tmp_path / "work"
+    work.mkdir()
+    inputs = pipe.make_inputs(3)
+    np.savez(work / "inputs_3.npz", *[t.numpy() for t in inputs])
+    report = bundle.run_verifier(work, out, spec, [3], 3, dict(os.environ))
+    got, expected = np.load(work / "outputs_3.npz"), flat(pipe.build_model()(*inputs))
+    assert set(got.files) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
+    assert 0 < report["latency_ms_p50"] <= report["latency_ms_p95"]
+
+
+def test_an_exportable_runtime_s_bundle_loads_with_autoopt_load_and_logs_to_mlflow(bundle_dir, tmp_path):
+    from autoopt.tracking import Tracker, log_exported_model, resolve_store
+
+    out, spec, pipe = bundle_dir
+    inputs = pipe.make_inputs(4)
+    predicted, expected = autoopt.load(out)(*inputs), pipe.build_model()(*inputs)
+    for key in expected:
+        torch.testing.assert_close(predicted[key], expected[key], rtol=1e-4, atol=1e-5)
+    uri, store = resolve_store(tmp_path / "store")
+    tracker = Tracker(uri, store, "conformance")
+    run_id = tracker.start_study("conformance", {})
+    manifest = json.loads((out / "autoopt.json").read_text())
+    model_uri = log_exported_model(uri, run_id, out, manifest)
+    import mlflow
+
+    assert mlflow.models.get_model_info(model_uri).flavors
 
 
 def test_onnx_export_names_inputs_after_forward_and_has_a_dynamic_batch(tmp_path):

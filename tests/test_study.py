@@ -4,7 +4,7 @@ import optuna
 
 from autoopt import knobs
 from autoopt.study import _same_config, known_numerics
-from autoopt.worker import calibration_batches
+from autoopt.candidate import calibration_batches
 from autoopt.pipeline import load_pipeline
 from conftest import TINY_DICT
 
@@ -74,18 +74,20 @@ def test_abandoned_trials_are_found_by_pid_here_and_by_heartbeat_elsewhere():
 
 def test_warm_start_follows_the_reference_with_a_batch_the_latency_target_allows():
     from autoopt.space import load_space
-    from autoopt.study import Targets, open_study, run
+    from autoopt.protocol import TrialResult
+    from autoopt.study import open_study, run
+    from autoopt.targets import Targets
 
     space = load_space(None, "cpu")  # batch sizes [1, 8, 32, 64, 128]
     study = open_study("warm", None, 0, space, "cpu")
     asked = []
 
-    def evaluate(config: dict, number: int) -> dict:  # the reference takes 2 ms per sample
+    def evaluate(config: dict, number: int) -> TrialResult:  # the reference takes 2 ms per sample
         asked.append(config)
         ms = 2.0 * config["batch_size"] / (1 if number == 0 else 4)
-        return {"status": "complete", "reason": None, "metrics": {
+        return TrialResult.complete({
             "latency_ms_p50": ms, "latency_ms_p95": ms, "throughput": config["batch_size"] / ms * 1e3,
-            "accuracy": 1.0, "accuracy_drop": 0.0, "peak_memory_mb": 1.0}}
+            "accuracy": 1.0, "accuracy_drop": 0.0, "peak_memory_mb": 1.0})
 
     run(study, space, [evaluate], Targets(latency_ms=20.0), 5, None, "cpu", [])
     assert asked[0] == space.reference_config()

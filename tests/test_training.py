@@ -55,12 +55,12 @@ def test_a_nan_loss_stops_the_trial_with_a_numerics_reason(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("task, yaml, message", [
     ("train", "quantization: [none, dynamic_int8]\n",
-     "The 'quantization' entry of {path} is an inference knob; --task train searches [precision, batch_size, "
-     "threads, compile_mode, checkpointing]. Remove it, or search it with --task infer."),
+     "The 'quantization' entry of {path} is an inference knob; task='train' searches [precision, batch_size, "
+     "threads, compile_mode, checkpointing]. Remove it, or search it with task='infer'."),
     ("infer", "checkpointing: [none, all]\n",
-     "The 'checkpointing' entry of {path} is a training knob; --task infer searches"),
+     "The 'checkpointing' entry of {path} is a training knob; task='infer' searches"),
     ("train", "compile_mode: [eager, onnxruntime]\n",
-     "The 'compile_mode' entry of {path} must be one of [eager, inductor] for --task train. Got 'onnxruntime'."),
+     "The 'compile_mode' entry of {path} must be one of [eager, inductor] for task='train'. Got 'onnxruntime'."),
     ("train", "checkpointing: [none, every_99]\n",
      "The 'checkpointing' entry of {path} must contain only values one of [none, all, every_2"),
 ])
@@ -124,7 +124,7 @@ def test_a_training_search_logs_every_trial_and_reports_the_plain_reference(tmp_
     client = MlflowClient(tracking_uri=result.tracking_uri)
     runs = client.search_runs([result.experiment_id], "tags.`autoopt.role` = 'trial'")
     assert sorted(int(r.data.tags["autoopt.trial"]) for r in runs) == list(range(8))
-    with pytest.raises(autoopt.ConfigError, match="searched the training step \\(--task train\\): there is no inference"):
+    with pytest.raises(autoopt.ConfigError, match="searched the training step \\(task='train'\\): there is no inference"):
         autoopt.export(result.study_name, tracking_uri=str(tmp_path))
 
 

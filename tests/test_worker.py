@@ -3,11 +3,12 @@ reasons; a warm worker serves trial after trial and is replaced after a failure.
 
 import pytest
 
+from autoopt.protocol import TrialRequest, TrialResult
+from autoopt.results import TrialState
 from autoopt.worker import Worker
 from conftest import TINY_MLP
 
-REQUEST = {"pipeline": TINY_MLP, "pipeline_pickle": None, "device": "cpu", "threads": 1,
-           "min_time_s": 0.05, "min_calls": 20}
+REQUEST = TrialRequest(task="infer", pipeline=TINY_MLP, device="cpu", threads=1, min_time_s=0.05, min_calls=20)
 CONFIG = {"precision": "fp32", "batch_size": 4, "compile_mode": "eager"}
 
 FAULTY = """
@@ -36,7 +37,7 @@ def run(tmp_path, pipeline, config, timeout_s=120, worker=None, name="trial", **
     own = worker is None
     worker = worker or Worker(str(tmp_path))
     try:
-        return worker.run({**REQUEST, "pipeline": pipeline, "config": config, **request}, str(work), timeout_s)
+        return worker.run(REQUEST.for_trial(pipeline=pipeline, config=config, **request), str(work), timeout_s)
     finally:
         if own:
             worker.close()
@@ -44,8 +45,8 @@ def run(tmp_path, pipeline, config, timeout_s=120, worker=None, name="trial", **
 
 def test_a_complete_trial_reports_every_metric(tmp_path):
     result = run(tmp_path, TINY_MLP, CONFIG)
-    assert result["status"] == "complete", result
-    m = result["metrics"]
+    assert result.state == TrialState.COMPLETE, result
+    m = result.metrics
     for key in ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "throughput", "peak_memory_mb",
                 "model_size_mb", "accuracy", "threads"):
         assert key in m
@@ -56,26 +57,26 @@ def test_a_complete_trial_reports_every_metric(tmp_path):
 def test_an_exception_fails_the_trial_with_its_summary(tmp_path, write_file):
     path = write_file("faulty.py", FAULTY.format(action="raise ValueError('bad batch')"))
     result = run(tmp_path, path, {**CONFIG, "batch_size": 8})
-    assert result == {"status": "failed", "reason": "ValueError: bad batch", "metrics": {}}
+    assert result == TrialResult.failed("ValueError: bad batch")
     assert "Traceback" in (tmp_path / "trial" / "worker.log").read_text()
 
 
 def test_a_crash_is_named_by_its_signal(tmp_path, write_file):
     path = write_file("faulty.py", FAULTY.format(action="os.abort()"))
-    assert run(tmp_path, path, {**CONFIG, "batch_size": 8})["reason"] == "crashed: SIGABRT"
+    assert run(tmp_path, path, {**CONFIG, "batch_size": 8}).reason == "crashed: SIGABRT"
 
 
 def test_a_hang_hits_the_time_limit(tmp_path, write_file):
     path = write_file("faulty.py", FAULTY.format(action="time.sleep(600)"))
     result = run(tmp_path, path, {**CONFIG, "batch_size": 8}, timeout_s=8)
-    assert result == {"status": "failed", "reason": "timeout: no result after 8 s", "metrics": {}}
+    assert result == TrialResult.failed("timeout: no result after 8 s")
 
 
 def test_a_warm_worker_serves_many_trials_and_is_replaced_after_a_crash(tmp_path, write_file, worker):
     path = write_file("faulty.py", FAULTY.format(action="os.abort()"))
     outcomes = [run(tmp_path, path, {**CONFIG, "batch_size": b}, worker=worker, name=f"t{i}")
                 for i, b in enumerate((4, 2, 8, 4, 8, 2))]
-    assert [o["status"] for o in outcomes] == ["complete", "complete", "failed", "complete", "failed", "complete"]
+    assert [o.state for o in outcomes] == ["COMPLETE", "COMPLETE", "FAILED", "COMPLETE", "FAILED", "COMPLETE"]
     assert worker.started == 3  # one process for the first trials, then one more after each of the two crashes
     # Each trial's output lands in its own log, the warm process notwithstanding.
     assert "Traceback" not in (tmp_path / "t0" / "worker.log").read_text()
@@ -85,7 +86,7 @@ def test_fresh_workers_start_a_process_per_trial(tmp_path):
     w = Worker(str(tmp_path), reuse=False)
     try:
         for i in range(2):
-            assert run(tmp_path, TINY_MLP, CONFIG, worker=w, name=f"t{i}")["status"] == "complete"
+            assert run(tmp_path, TINY_MLP, CONFIG, worker=w, name=f"t{i}").state == TrialState.COMPLETE
     finally:
         w.close()
     assert w.started == 3  # one per trial, plus the next one started ahead
@@ -94,9 +95,9 @@ def test_fresh_workers_start_a_process_per_trial(tmp_path):
 def test_a_trial_past_the_memory_target_is_pruned_early(tmp_path, write_file):
     path = write_file("hog.py", FAULTY.format(action="return x * 2 + torch.ones(64, 1024, 1024).sum()"))
     result = run(tmp_path, path, {**CONFIG, "batch_size": 8}, memory_limit_mb=100)
-    assert result["status"] == "pruned"
-    assert result["reason"].startswith("memory: peak ") and "over the 100 MB target (stopped after 1 calls)" in result["reason"]
-    assert run(tmp_path, path, {**CONFIG, "batch_size": 4}, memory_limit_mb=100, name="small")["status"] == "complete"
+    assert result.state == TrialState.PRUNED
+    assert result.reason.startswith("memory: peak ") and "over the 100 MB target (stopped after 1 calls)" in result.reason
+    assert run(tmp_path, path, {**CONFIG, "batch_size": 4}, memory_limit_mb=100, name="small").state == "COMPLETE"
 
 
 def test_timing_takes_the_device_alone(tmp_path):
@@ -105,10 +106,10 @@ def test_timing_takes_the_device_alone(tmp_path):
     import sys
     import time
 
-    from autoopt.worker import device_lock
+    from autoopt.measure import device_lock
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from autoopt.worker import device_lock\n"
+        "import sys, time; from autoopt.measure import device_lock\n"
         "with device_lock('test-dev', exclusive=True):\n"
         "    print('held', flush=True); time.sleep(1.5)\n")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -141,19 +142,19 @@ PIPELINE = autoopt.Pipeline("spiky", Spiky, lambda b: (torch.randn(b, 3),))
 def test_a_trial_far_over_the_latency_target_stops_early_and_one_over_it_skips_accuracy(tmp_path, write_file):
     slow = write_file("slow.py", FAULTY.format(action="time.sleep(0.02)"))
     result = run(tmp_path, slow, {**CONFIG, "batch_size": 8}, latency_limit_ms=5)
-    assert result["status"] == "pruned" and result["metrics"]["stopped_early"] == 1
-    assert result["reason"].startswith("latency: ") and "past 1.5x the 5 ms target (stopped after 10 calls" in result["reason"]
+    assert result.state == TrialState.PRUNED and result.metrics["stopped_early"] == 1
+    assert result.reason.startswith("latency: ") and "past 1.5x the 5 ms target (stopped after 10 calls" in result.reason
     spiky = write_file("spiky.py", SPIKY)  # fast calls, but every 8th takes 20 ms: p95 over, median under
     result = run(tmp_path, spiky, CONFIG, latency_limit_ms=5, name="over")
-    assert result["status"] == "pruned" and "accuracy" not in result["metrics"] and "stopped_early" not in result["metrics"]
-    assert result["reason"].startswith("latency: p95 ") and result["reason"].endswith("(accuracy not checked)")
-    assert run(tmp_path, TINY_MLP, CONFIG, latency_limit_ms=1000, name="under")["metrics"]["accuracy"] == 1.0
+    assert result.state == TrialState.PRUNED and "accuracy" not in result.metrics and "stopped_early" not in result.metrics
+    assert result.reason.startswith("latency: p95 ") and result.reason.endswith("(accuracy not checked)")
+    assert run(tmp_path, TINY_MLP, CONFIG, latency_limit_ms=1000, name="under").metrics["accuracy"] == 1.0
 
 
 def test_remeasure_times_configurations_interleaved_against_the_first(tmp_path):
     result = run(tmp_path, TINY_MLP, CONFIG, task="remeasure", rounds=4, round_time_s=0.02,
                  configs=[CONFIG, {**CONFIG, "batch_size": 64}])
-    first, second = result["metrics"]["figures"]
-    assert result["status"] == "complete" and first["rounds"] == second["rounds"] == 4
+    first, second = result.metrics["figures"]
+    assert result.state == TrialState.COMPLETE and first["rounds"] == second["rounds"] == 4
     assert first["speedup"] == 1.0 and second["speedup"] > 1.0  # batch 64 carries more samples per call
     assert second["throughput"] > first["throughput"] and first["latency_ms_p50"] <= first["latency_ms_p95"]

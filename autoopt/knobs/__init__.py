@@ -60,6 +60,28 @@ def conflict(config: dict, device: str) -> str | None:
     return None
 
 
+def numerics_free() -> tuple[str, ...]:
+    """Knobs that change speed but never the outputs: a numerics figure holds across their values."""
+    return tuple(name for name, knob in REGISTRY.items() if not knob.changes_numerics)
+
+
+EXACT = (0.99999, 1e-3)  # (minimum cosine, relative max-abs error) of a model that only changed runtime
+
+
+def export_tolerance(config: dict) -> tuple[float, float]:
+    """(minimum cosine, relative max-abs error) an export of `config` must reach against the reference:
+    the loosest tolerance of the knobs it sets off their baseline."""
+    shown = canonical(config)
+    loose = [REGISTRY[k].tolerance for k, v in shown.items()
+             if k in REGISTRY and REGISTRY[k].tolerance and v != REGISTRY[k].baseline]
+    return min([c for c, _ in loose], default=EXACT[0]), max([r for _, r in loose], default=EXACT[1])
+
+
+def warm_start_seeds(task: str, device: str) -> list[dict]:
+    """The known-good settings the knobs declare for this task and device, in registry order."""
+    return [dict(seed) for knob in REGISTRY.values() for t, d, seed in knob.warm_start if (t, d) == (task, device)]
+
+
 def apply_model_knobs(model, config: dict, ctx, realized_by_runtime: frozenset = frozenset()):
     """Run the model-level transforms, except those the runtime realizes itself."""
     for knob in REGISTRY.values():
@@ -69,4 +91,4 @@ def apply_model_knobs(model, config: dict, ctx, realized_by_runtime: frozenset =
 
 
 __all__ = ["Knob", "REGISTRY", "TASKS", "reference_config", "canonical", "describe", "in_scope", "conflict",
-           "apply_model_knobs"]
+           "numerics_free", "export_tolerance", "warm_start_seeds", "apply_model_knobs"]

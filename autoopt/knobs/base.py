@@ -12,6 +12,14 @@
   realizes a knob itself lists it in its REALIZES set and `apply` is skipped for it.
 - `tasks`: the tasks that search this knob ("infer", "train"); `train_choices` narrows a categorical
   knob's values for the training task (compile_mode: eager and inductor only).
+
+Facts the search reads from the knob instead of keeping lists of knob names:
+- `changes_numerics`: False for knobs that change speed but never the outputs (batch size, threads),
+  so that an accuracy measured for one value holds for every other;
+- `tolerance`: (minimum cosine, relative max-abs error) an exported model must reach against the
+  reference when this knob is off its baseline (an approximation by design is looser); None: exact;
+- `warm_start`: (task, device, configuration) entries of known-good settings led by this knob, tried
+  right after the reference of a new study, in registry order.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ class Knob:
     apply: Callable[[Any, dict, Any], Any] | None = None
     tasks: tuple[str, ...] = ("infer",)
     train_choices: tuple | None = None
+    changes_numerics: bool = True
+    tolerance: tuple[float, float] | None = None
+    warm_start: tuple[tuple[str, str, dict], ...] = ()
 
     @property
     def numeric(self) -> bool:

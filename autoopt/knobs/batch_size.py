@@ -9,4 +9,5 @@ KNOB = Knob(
     bounds=(1, 65536),
     integer=True,
     tasks=("infer", "train"),
+    changes_numerics=False,  # evaluate batches by itself; fidelity and training numerics use fixed batches
 )

@@ -27,4 +27,5 @@ KNOB = Knob(
     conflict=_conflict,
     tasks=("infer", "train"),
     train_choices=("eager", "inductor"),
+    warm_start=(("infer", "cpu", {"compile_mode": "onnxruntime"}),),
 )

@@ -42,4 +42,10 @@ KNOB = Knob(
     unavailable=_unavailable,
     apply=_apply,
     tasks=("infer", "train"),
+    tolerance=(0.999, 0.05),
+    warm_start=(("infer", "cuda", {"precision": "fp16", "compile_mode": "inductor"}),
+                ("infer", "cuda", {"precision": "bf16"}),
+                ("train", "cpu", {"precision": "bf16"}),
+                ("train", "cuda", {"precision": "bf16", "compile_mode": "inductor"}),
+                ("train", "cuda", {"precision": "fp16"})),
 )

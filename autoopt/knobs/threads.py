@@ -6,13 +6,8 @@ cores at large batches. The baseline is every core this process may use.
 
 from __future__ import annotations
 
-import os
-
+from ..machine import available_cores
 from .base import Knob
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _unavailable(value: int, device: str) -> str | None:
@@ -28,4 +23,5 @@ KNOB = Knob(
     integer=True,
     unavailable=_unavailable,
     tasks=("infer", "train"),
+    changes_numerics=False,
 )

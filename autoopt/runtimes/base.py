@@ -1,19 +1,66 @@
-"""What every runtime shares: the build context, the built candidate, and output-structure helpers.
+"""The runtime contract (`Runtime`), what it is given and returns, and helpers the runtimes share.
 
-A runtime module provides `unavailable(device)`, `conflict(config, device)`, a REALIZES set of the
-knobs it realizes itself (model-level `apply` is skipped for those), and two steps:
-- `prepare(model, config, ctx) -> Prepared` (the model in eval mode): the offline work (export, quantization, compilation)
-  that produces what would be shipped, and its size; timed as `build_s`;
-- `load(prepared, config, ctx) -> Built`: what a server does with it (load, create a session).
-Peak memory is measured over `load` plus the timed calls, so export machinery is not counted.
+A runtime is a module of this package that satisfies `Runtime`, registered in `runtimes/__init__.py`
+under the `compile_mode` values it serves. The conformance suite (tests/test_runtimes.py) runs every
+registered runtime; export, `autoopt.load` and MLflow logging read an exportable runtime's `EXPORT`.
 `predict(*inputs)` takes CPU tensors in the reference's dtypes and returns CPU fp32 outputs with the
-eager model's structure (tensor, tuple, dict).
+eager model's structure (tensor, tuple, dict). Peak memory is measured over `load` plus the timed
+calls, so export machinery is not counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """How an exportable runtime's artifact ships in a bundle (`autoopt export --format NAME`).
+
+    plain_loader(bundle_dir: str, manifest: dict) -> run(arrays: list[numpy array]) -> {output path: array}:
+        loads the model file with stock packages only. It must be self-contained (imports inside, no
+        autoopt, no module-level names): the verifier runs its source in a fresh process where autoopt
+        cannot be imported, which is the proof that a deployment needs nothing of autoopt.
+    load(bundle_dir: Path, manifest: dict, spec) -> predict: `autoopt.load`, with the runtime settings
+        the trial was measured with, outputs restored to the pytree `spec`.
+    log_model(mlflow, model_file: str, example: dict of numpy arrays) -> mlflow ModelInfo.
+    settings(config: dict, prepared: Prepared) -> dict: runtime settings the manifest records.
+    check(model_file: str): a structural check of the file before it is run (raises), or None.
+    """
+
+    name: str
+    model_file: str
+    plain_loader: Callable[[str, dict], Callable]
+    load: Callable[..., Callable]
+    log_model: Callable[..., Any]
+    settings: Callable[[dict, "Prepared"], dict] = lambda config, prepared: {}
+    check: Callable[[str], None] | None = None
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What every runtime module provides.
+
+    REALIZES: the knobs it realizes itself (their model-level `apply` is skipped).
+    EXPORT: its ExportFormat when its artifact can ship, else None.
+    unavailable(value, device): why this compile_mode value cannot run on this machine, or None.
+    conflict(config, device): why this combination cannot work with this runtime, or None.
+    prepare(model, config, ctx) -> Prepared: the offline work (export, quantization, compilation)
+        that produces what would be shipped, and its size; timed as `build_s`. `model` is in eval mode.
+    load(prepared, config, ctx) -> Built: what a server does with it (load a file, create a session).
+    """
+
+    REALIZES: frozenset
+    EXPORT: ExportFormat | None
+
+    def unavailable(self, value: str, device: str) -> str | None: ...
+
+    def conflict(self, config: dict, device: str) -> str | None: ...
+
+    def prepare(self, model, config: dict, ctx: "BuildContext") -> "Prepared": ...
+
+    def load(self, prepared: "Prepared", config: dict, ctx: "BuildContext") -> "Built": ...
 
 
 @dataclass(frozen=True)
@@ -113,3 +160,17 @@ def outputs_close(a, b, rtol: float = 1e-3, atol: float = 1e-4) -> bool:
     return len(la) == len(lb) and all(
         x.shape == y.shape and torch.allclose(x.float(), y.float(), rtol=rtol, atol=atol) for x, y in zip(la, lb)
     )
+
+
+def input_names(model, n_inputs: int) -> list[str]:
+    """The forward() argument names (input_ids, attention_mask, ...) when they can be read."""
+    import inspect
+
+    try:
+        params = [
+            p.name for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    return params[:n_inputs] if len(params) >= n_inputs else [f"input_{i}" for i in range(n_inputs)]

@@ -7,6 +7,7 @@ import copy
 from .base import BuildContext, Built, Prepared, model_dtype, state_dict_mb, torch_predictor
 
 REALIZES: frozenset = frozenset()
+EXPORT = None  # nothing of its own to ship
 
 
 def unavailable(value: str, device: str) -> str | None:

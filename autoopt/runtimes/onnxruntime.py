@@ -11,13 +11,12 @@ and nested tuple outputs come back with the eager model's structure.
 
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, Prepared, output_spec, to_reference_dtypes
+from .base import BuildContext, Built, ExportFormat, Prepared, input_names, output_spec, to_reference_dtypes
 
 REALIZES = frozenset({"quantization", "quant_granularity", "graph_fusion"})
 TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization",
@@ -42,18 +41,6 @@ def conflict(config: dict, device: str) -> str | None:
     if config.get("quantization") == "weight_only_int8" and config.get("quant_granularity") == "per_tensor":
         return "ORT weight-only int8 (MatMulNBits) quantizes per block of 32 input channels, not per tensor"
     return None
-
-
-def input_names(model, n_inputs: int) -> list[str]:
-    """The forward() argument names (input_ids, attention_mask, ...) when they can be read."""
-    try:
-        params = [
-            p.name for p in inspect.signature(model.forward).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        params = []
-    return params[:n_inputs] if len(params) >= n_inputs else [f"input_{i}" for i in range(n_inputs)]
 
 
 def export_onnx(model, example_inputs: tuple, path: str):
@@ -202,3 +189,49 @@ def predictor(sess, names: list[str], spec):
 def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
     sess = session(prepared.artifact, ctx.threads, ctx.device, config.get("graph_fusion", "basic"))
     return Built(predictor(sess, prepared.state["input_names"], prepared.state["output_spec"]))
+
+
+def plain_loader(bundle: str, manifest: dict):
+    """Stock onnxruntime with the session options the trial was measured with (see ExportFormat)."""
+    import onnxruntime as ort
+
+    settings = manifest["runtime"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings["threads"]
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if settings["graph_fusion"] == "none":
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(bundle + "/" + manifest["model_file"], options, providers=["CPUExecutionProvider"])
+    names, paths = [i["name"] for i in manifest["inputs"]], manifest["outputs"]["paths"]
+
+    def run(arrays):
+        return dict(zip(paths, session.run(None, dict(zip(names, arrays)))))
+
+    return run
+
+
+def _load_bundle(bundle, manifest: dict, spec):
+    settings = manifest["runtime"]
+    sess = session(str(bundle / manifest["model_file"]), settings["threads"], "cpu", settings["graph_fusion"])
+    return predictor(sess, [i["name"] for i in manifest["inputs"]], spec)
+
+
+def _log_model(mlflow, model_file: str, example: dict):
+    import onnx
+
+    return mlflow.onnx.log_model(onnx.load(model_file), name="model", input_example=example,
+                                 pip_requirements=["onnxruntime", "onnx", "numpy"],
+                                 onnx_execution_providers=["CPUExecutionProvider"])
+
+
+def _check(model_file: str) -> None:
+    import onnx
+
+    onnx.checker.check_model(model_file)
+
+
+EXPORT = ExportFormat(
+    name="onnx", model_file="model.onnx", plain_loader=plain_loader, load=_load_bundle, log_model=_log_model,
+    settings=lambda config, prepared: {"graph_fusion": config.get("graph_fusion", "basic")}, check=_check,
+)

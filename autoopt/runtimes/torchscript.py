@@ -17,7 +17,8 @@ import warnings
 
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, output_spec, outputs_close, torch_predictor
+from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, model_dtype, output_spec, outputs_close,
+                   torch_predictor)
 
 REALIZES: frozenset = frozenset()
 
@@ -108,3 +109,55 @@ def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
         module = torch.jit.load(prepared.artifact, map_location=ctx.device)
     predict = torch_predictor(module, prepared.state["dtype"], ctx.device, prepared.state["output_spec"])
     return Built(predict, sync=torch.cuda.synchronize if ctx.device == "cuda" else None)
+
+
+def plain_loader(bundle: str, manifest: dict):
+    """Stock torch.jit.load with the trial's threads and dtype (see ExportFormat)."""
+    import torch
+
+    torch.set_num_threads(manifest["runtime"]["threads"])
+    module = torch.jit.load(bundle + "/" + manifest["model_file"])
+    dtype = getattr(torch, manifest["runtime"]["dtype"])
+
+    def flat(value, prefix=""):
+        if isinstance(value, torch.Tensor):
+            return {prefix or "output": value.float().numpy()}
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        out = {}
+        for key, item in items:
+            out.update(flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+
+    def run(arrays):
+        tensors = [torch.from_numpy(a) for a in arrays]
+        tensors = [t.to(dtype) if t.is_floating_point() else t for t in tensors]
+        with torch.no_grad():
+            return flat(module(*tensors))
+
+    return run
+
+
+def _load_bundle(bundle, manifest: dict, spec):
+    import torch
+
+    torch.set_num_threads(manifest["runtime"]["threads"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(bundle / manifest["model_file"]))
+    return torch_predictor(module, getattr(torch, manifest["runtime"]["dtype"]), "cpu", spec)
+
+
+def _log_model(mlflow, model_file: str, example: dict):
+    import torch
+
+    # ScriptModules are logged pickled: MLflow's default pt2 format refuses them. The pytorch pyfunc
+    # takes one tensor, so only a single-input model gets an input example.
+    single = next(iter(example.values())) if len(example) == 1 else None
+    return mlflow.pytorch.log_model(torch.jit.load(model_file), name="model", serialization_format="pickle",
+                                    pip_requirements=["torch"], input_example=single)
+
+
+EXPORT = ExportFormat(
+    name="torchscript", model_file="model.pt", plain_loader=plain_loader, load=_load_bundle, log_model=_log_model,
+    settings=lambda config, prepared: {"dtype": str(prepared.state.get("dtype", "torch.float32")).replace("torch.", "")},
+)

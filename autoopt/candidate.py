@@ -1,0 +1,162 @@
+"""An inference candidate, inside the worker: build it, time it, check its accuracy; and the
+interleaved re-measurement of several candidates at the end of a search. (training.py is the
+counterpart for the training step.)
+
+Builds and accuracy checks run under the shared device lock, timing under the exclusive one (see
+measure.device_lock). A candidate already past a target stops early (measure.OverTarget).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import statistics
+import time
+
+from .measure import OverTarget, device_lock
+from .protocol import TrialRequest, TrialResult
+
+CALIBRATION_BATCHES = 16
+EARLY_STOP_MARGIN = 1.5  # a trial whose calls already take this many times the latency target stops
+
+
+def calibration_batches(pipeline) -> list[tuple]:
+    """The pipeline's calibration_data, or seeded make_inputs batches when it has none."""
+    import torch
+
+    if pipeline.calibration_data is not None:
+        return [tuple(batch) for batch in list(pipeline.calibration_data())[:CALIBRATION_BATCHES]]
+    batches = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        batches.append(pipeline.make_inputs(32))
+    return batches
+
+
+def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: str, batch_inputs: tuple):
+    """Model-level knobs, then the runtime's prepare: (runtime, Prepared, context, build seconds)."""
+    from . import knobs, runtimes
+
+    runtime = runtimes.get(config["compile_mode"])
+    ctx = runtimes.BuildContext(
+        device=device, threads=threads, workdir=workdir, example_inputs=pipeline.make_inputs(2),
+        batch_inputs=batch_inputs, calibration=lambda: calibration_batches(pipeline),
+    )
+    started = time.perf_counter()
+    model = knobs.apply_model_knobs(pipeline.build_model().eval(), config, ctx, runtime.REALIZES)
+    model.eval()  # a statement: exported (PT2E) models return None from eval()
+    prepared = runtime.prepare(model, config, ctx)
+    return runtime, prepared, ctx, time.perf_counter() - started
+
+
+class EarlyStop:
+    """Called after each timed call: stops a trial already past the memory target, or one whose last
+    5 calls have a median past EARLY_STOP_MARGIN x the latency target (it cannot end under it)."""
+
+    def __init__(self, peak, memory_limit_mb: float | None, latency_limit_ms: float | None, batch_size: int):
+        self.peak, self.memory_limit_mb, self.latency_limit_ms = peak, memory_limit_mb, latency_limit_ms
+        self.batch_size = batch_size
+        self.recent_ms: collections.deque = collections.deque(maxlen=5)
+
+    def __call__(self, calls: int, seconds: float = 0.0) -> None:
+        limit_mb, limit_ms = self.memory_limit_mb, self.latency_limit_ms
+        if limit_mb is not None and self.peak.current_mb() > limit_mb:
+            raise OverTarget(f"memory: peak {self.peak.current_mb():.1f} MB is over the {limit_mb:g} MB target "
+                             f"(stopped after {calls} calls)", {"peak_memory_mb": self.peak.current_mb()})
+        if limit_ms is None or not calls:
+            return
+        self.recent_ms.append(seconds * 1e3)
+        median = statistics.median(self.recent_ms)
+        if calls >= 10 and median > EARLY_STOP_MARGIN * limit_ms:  # past the first runs and JIT profiling
+            raise OverTarget(
+                f"latency: {median:.2f} ms per call over 5 calls, past {EARLY_STOP_MARGIN:g}x the {limit_ms:g} ms "
+                f"target (stopped after {calls} calls; accuracy not checked)",
+                {"latency_ms_p50": median, "latency_ms_p95": max(self.recent_ms),
+                 "throughput": self.batch_size / (median / 1e3), "stopped_early": 1})
+
+
+def run_trial(pipeline, request: TrialRequest) -> TrialResult:
+    """One inference trial: build, time under the exclusive lock, then check accuracy."""
+    import torch
+
+    from .accuracy import candidate_accuracy
+
+    config, device = request.config, request.device
+    threads = int(config.get("threads", request.threads))
+    torch.set_num_threads(threads)
+    batch_size = int(config["batch_size"])
+    inputs = tuple(t.to(device) for t in pipeline.make_inputs(batch_size))
+    with device_lock(device, exclusive=False):
+        runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request.workdir, inputs)
+    metrics, built = _measure(runtime, prepared, config, ctx, inputs, request)
+    metrics.update(model_size_mb=prepared.model_size_mb, threads=threads, build_s=build_s)
+    limit_ms = request.latency_limit_ms
+    if limit_ms is not None and metrics["latency_ms_p95"] > limit_ms:  # infeasible whatever its accuracy
+        raise OverTarget(f"latency: p95 {metrics['latency_ms_p95']:.2f} ms is over the {limit_ms:g} ms target "
+                         f"(accuracy not checked)", metrics)
+    started = time.perf_counter()
+    accuracy = (request.known_numerics or {}).get("accuracy")
+    if accuracy is None:
+        with device_lock(device, exclusive=False):
+            accuracy = candidate_accuracy(pipeline, built.predict)
+    return TrialResult.complete({**metrics, "accuracy": accuracy, "accuracy_s": time.perf_counter() - started})
+
+
+def _measure(runtime, prepared, config: dict, ctx, inputs: tuple, request: TrialRequest):
+    """Load the candidate and time it alone on the device: (latency and memory metrics, Built)."""
+    from .measure import PeakMemory, latency_metrics, machine_load, time_steadily
+
+    batch_size = int(config["batch_size"])
+    with device_lock(ctx.device, exclusive=True):
+        started = time.perf_counter()
+        with PeakMemory(ctx.device) as peak:
+            guard = EarlyStop(peak, request.memory_limit_mb, request.latency_limit_ms, batch_size)
+            built = runtime.load(prepared, config, ctx)
+            guard(0)
+            load = machine_load()
+            latency, repeats = time_steadily(lambda: built.predict(*inputs), min_time_s=request.min_time_s,
+                                             min_calls=request.min_calls, sync=built.sync, after_call=guard)
+        measure_s = time.perf_counter() - started
+    metrics = {**latency_metrics(latency, repeats, load, batch_size), "peak_memory_mb": peak.mb,
+               "measure_s": measure_s}
+    return metrics, built
+
+
+def remeasure(pipeline, request: TrialRequest) -> TrialResult:
+    """Time several configurations interleaved (A B C, A B C, ... for `rounds` rounds) in one process,
+    so that each round sees the same machine state; the first configuration is the baseline of the
+    per-round throughput ratios. Returns per configuration the median figures and the median ratio."""
+    import torch
+
+    from .measure import percentile, time_calls
+
+    device = request.device
+    candidates = []
+    with device_lock(device, exclusive=False):
+        for i, config in enumerate(request.configs):
+            threads = int(config.get("threads", request.threads))
+            torch.set_num_threads(threads)
+            inputs = tuple(t.to(device) for t in pipeline.make_inputs(int(config["batch_size"])))
+            work = os.path.join(request.workdir, f"candidate-{i}")
+            os.makedirs(work, exist_ok=True)
+            runtime, prepared, ctx, _ = build_candidate(pipeline, config, device, threads, work, inputs)
+            candidates.append((runtime.load(prepared, config, ctx), inputs, threads, int(config["batch_size"])))
+    rounds: list[list] = [[] for _ in candidates]
+    with device_lock(device, exclusive=True):
+        for _ in range(request.rounds):
+            for i, (built, inputs, threads, _) in enumerate(candidates):
+                torch.set_num_threads(threads)
+                rounds[i].append(time_calls(lambda built=built, inputs=inputs: built.predict(*inputs),
+                                            min_time_s=request.round_time_s,
+                                            min_calls=5, warmup_min_calls=2, warmup_max_s=0.5, sync=built.sync))
+    throughput = [[bs / (lat.p50_ms / 1e3) for lat in rounds[i]] for i, (*_, bs) in enumerate(candidates)]
+    figures = []
+    for i, (*_, bs) in enumerate(candidates):
+        p50 = statistics.median(lat.p50_ms for lat in rounds[i])
+        figures.append({
+            "throughput": bs / (p50 / 1e3), "latency_ms_p50": p50,
+            "latency_ms_p95": percentile([lat.p95_ms for lat in rounds[i]], 50),
+            "speedup": statistics.median(a / b for a, b in zip(throughput[i], throughput[0])),
+            "rounds": len(rounds[i]),
+        })
+    return TrialResult.complete({"figures": figures})

@@ -1,0 +1,152 @@
+"""The options of a search, validated once: the CLI and the Python API build the same `SearchOptions`.
+
+`SearchOptions.parse(**raw)` takes what a user wrote (strings with units such as "100ms", or plain
+numbers from Python) and returns normalized values, or raises a ConfigError that names the option as
+its reader knows it (`target_latency` in Python, `--target-latency` on the command line).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError, option
+from .knobs import TASKS
+from .targets import Targets
+from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
+
+SAMPLERS = ("tpe", "gp", "random", "grid")
+
+# What a user may pass, with the defaults a search uses when it is not given.
+DEFAULTS = {
+    "target_latency": None, "target_memory": None, "max_accuracy_drop": "1%", "space": None, "trials": 20,
+    "timeout": None, "seed": None, "study": None, "tracking_uri": None, "storage": None, "device": "auto",
+    "trial_timeout": "10m", "min_time": "1s", "export": None, "out": None, "register": None, "task": "infer",
+    "remeasure_top": 3, "sampler": "tpe", "warm_start": True, "jobs": 1, "fresh_workers": False,
+    "early_stop": True,
+}
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """A search's options, normalized.
+
+    targets: latency (p95 of one batch call, "100ms"; a bare number is ms), memory ("512MB", "2GiB"; a
+        bare number is MB) and the allowed accuracy drop ("1%" or 0.01, points of the pipeline metric).
+    space: a search-space YAML file or a bundled space name (default: search_spaces/default.yaml).
+    trials: finished trials the study should hold (a resumed study counts its earlier trials).
+    timeout_s: stop starting trials after this long ("30m"; a bare number is seconds).
+    study / storage: the Optuna study name and storage (default: a journal file in the MLflow store).
+    tracking_uri: MLflow tracking URI, or a directory for a local store (default: ./mlruns).
+    device: "cpu" or "cuda" ("auto" resolves to cuda where one is visible).
+    trial_timeout_s, min_time_s: the time limit of one trial; timed calls last at least min_time_s.
+    export / out / register: after the search, export the best feasible trial in this format to `out`
+        (and register it in MLflow under `register`); the search then only samples the runtime that
+        format ships, so the measured model and the shipped model are the same thing.
+    task: "infer" (serving: latency, throughput) or "train" (the training step: throughput of full
+        steps under the memory target and a numerics tolerance; default space search_spaces/train.yaml).
+    remeasure_top: at the end, re-time the reference and this many best feasible trials interleaved
+        (A B A B ...) in one process and pick the winner from those figures (0: off; inference only).
+    sampler: "tpe" (default), "gp" (Gaussian process: ~1.5 s per trial of sampling on 2 cores), "random"
+        or "grid" (every combination of a space of lists once; no warm start).
+    warm_start: try the known-good combinations for the device right after the reference (a new study).
+    jobs: trials run at once on this machine, each in its own worker process; builds and accuracy
+        checks overlap, latency measurement takes the device alone (a machine-wide lock).
+    fresh_workers: a new worker process per trial (about 3 s more per trial) instead of a warm one
+        reused until it crashes, times out or has run 25 trials.
+    early_stop: a trial already past the latency target stops there (PRUNED, accuracy not checked).
+    """
+
+    targets: Targets
+    space: str | os.PathLike | None = None
+    trials: int = 20
+    timeout_s: float | None = None
+    seed: int | None = None
+    study: str | None = None
+    tracking_uri: str | os.PathLike | None = None
+    storage: str | None = None
+    device: str = "cpu"
+    trial_timeout_s: float = 600.0
+    min_time_s: float = 1.0
+    export: str | None = None
+    out: str | os.PathLike | None = None
+    register: str | None = None
+    task: str = "infer"
+    remeasure_top: int = 3
+    sampler: str = "tpe"
+    warm_start: bool = True
+    jobs: int = 1
+    fresh_workers: bool = False
+    early_stop: bool = True
+
+    @classmethod
+    def parse(cls, **raw) -> "SearchOptions":
+        """Validate what the user passed (see DEFAULTS for the names); every problem is a ConfigError."""
+        unknown = sorted(set(raw) - set(DEFAULTS))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], DEFAULTS, n=1)
+            hint = f" Did you mean {option(close[0])}?" if close else ""
+            raise ConfigError(f"{option(unknown[0])} is not a search option. Expected one of "
+                              f"[{', '.join(DEFAULTS)}].{hint}")
+        v = {**DEFAULTS, **raw}
+        for name in ("trials", "jobs"):
+            _whole(v[name], name, minimum=1)
+        _whole(v["remeasure_top"], "remeasure_top", minimum=0)
+        if v["study"] is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(v["study"])):
+            raise ConfigError(f"{option('study')} must be a name of letters, digits, '_', '.' and '-'. "
+                              f"Got {v['study']!r}.")
+        _choice(v["sampler"], "sampler", SAMPLERS)
+        _choice(v["task"], "task", TASKS)
+        if v["export"] is not None:
+            from .runtimes import FORMATS
+
+            _choice(v["export"], "export", tuple(FORMATS))
+            if v["task"] == "train":
+                raise ConfigError(f"{option('export')} ships an inference model; {option('task', 'train')} searches "
+                                  f"the training step. Drop {option('export')}, or search with "
+                                  f"{option('task', 'infer')}.")
+        targets = Targets(
+            latency_ms=None if v["target_latency"] is None else parse_latency_ms(v["target_latency"], "target_latency"),
+            memory_mb=None if v["target_memory"] is None else parse_memory_mb(v["target_memory"], "target_memory"),
+            max_accuracy_drop=parse_fraction(v["max_accuracy_drop"], "max_accuracy_drop"),
+        )
+        return cls(
+            targets=targets, space=v["space"], trials=v["trials"],
+            timeout_s=None if v["timeout"] is None else _seconds(v["timeout"], "timeout"),
+            seed=v["seed"], study=v["study"], tracking_uri=v["tracking_uri"], storage=v["storage"],
+            device=resolve_device(v["device"]), trial_timeout_s=_seconds(v["trial_timeout"], "trial_timeout"),
+            min_time_s=_seconds(v["min_time"], "min_time"), export=v["export"], out=v["out"],
+            register=v["register"], task=v["task"], remeasure_top=v["remeasure_top"], sampler=v["sampler"],
+            warm_start=bool(v["warm_start"]) and v["sampler"] != "grid",  # the grid visits every combination anyway
+            jobs=v["jobs"], fresh_workers=bool(v["fresh_workers"]), early_stop=bool(v["early_stop"]),
+        )
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    _choice(device, "device", ("auto", "cpu", "cuda"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{option('device', 'cuda')} was asked for, but no CUDA device is visible. "
+                          f"Use {option('device', 'cpu')}.")
+    return device
+
+
+def _choice(value, name: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{option(name)} must be one of [{', '.join(choices)}]. Got {value!r}.")
+
+
+def _whole(value, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{option(name)} must be a whole number of at least {minimum}. Got {value!r}.")
+
+
+def _seconds(value, name: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return parse_duration_s(value, name)

@@ -1,0 +1,133 @@
+"""What a search found: trial records rebuilt from the Optuna study, and the rules that rank them.
+
+Each trial's outcome lives in Optuna's storage (value, constraints, user attrs "metrics" and
+"reason"), so a `TrialRecord` can be rebuilt from any study; the ranking, the Pareto front, the
+speedup and the closest miss are plain functions of those records (the CLI, the report, MLflow and
+the export read them without importing the search loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .targets import Targets
+
+INTERRUPTED = "interrupted by the user"  # the reason of a trial stopped by Ctrl-C
+
+
+class TrialState(str, Enum):
+    """One spelling of a trial's state everywhere: records, worker results, MLflow tags, the CLI."""
+
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"  # cannot run here, or stopped past a target: with its reason
+    FAILED = "FAILED"  # crashed, raised, timed out, or was interrupted
+    RUNNING = "RUNNING"
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+    @classmethod
+    def of_optuna(cls, state) -> "TrialState":
+        return {"COMPLETE": cls.COMPLETE, "PRUNED": cls.PRUNED, "FAIL": cls.FAILED}.get(state.name, cls.RUNNING)
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    config: dict
+    state: TrialState
+    metrics: dict = field(default_factory=dict)
+    constraints: dict = field(default_factory=dict)
+    reason: str | None = None
+    reference: bool = False
+    reused_from: int | None = None
+    log_path: str | None = None  # the worker's log while the trial is being reported
+    run_id: str | None = None  # the trial's MLflow run, set by the tracker
+    remeasured: dict | None = None  # figures of the end-of-search interleaved re-measurement, if any
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == TrialState.COMPLETE and all(v <= 0 for v in self.constraints.values())
+
+    @classmethod
+    def from_optuna(cls, trial) -> "TrialRecord":
+        state = TrialState.of_optuna(trial.state)
+        return cls(
+            number=trial.number,
+            config=dict(trial.params),
+            state=state,
+            metrics=dict(trial.user_attrs.get("metrics", {})),
+            constraints=(dict(trial.constraints or {}) if state == TrialState.COMPLETE
+                         else dict(trial.user_attrs.get("constraints", {}))),
+            reason=trial.user_attrs.get("reason"),
+            reference=bool(trial.user_attrs.get("reference")),
+            reused_from=trial.user_attrs.get("reused_from"),
+            run_id=trial.user_attrs.get("mlflow_run_id"),
+        )
+
+
+def records(study) -> list[TrialRecord]:
+    """The study's trials that started (queued warm-start trials a search did not reach are left out)."""
+    remeasured = study.user_attrs.get("remeasured", {})
+    out = [TrialRecord.from_optuna(t) for t in study.trials if t.state.name != "WAITING"]
+    for t in out:
+        t.remeasured = remeasured.get(str(t.number))
+    return out
+
+
+def reference_of(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The inference reference: the complete trial with every knob at its baseline."""
+    return next((t for t in trials if t.reference and t.state == TrialState.COMPLETE), None)
+
+
+def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """Complete trials not dominated in (higher throughput, lower accuracy drop)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.reused_from is None]
+
+    def dominates(a: TrialRecord, b: TrialRecord) -> bool:
+        ta, tb = a.metrics["throughput"], b.metrics["throughput"]
+        da, db = a.metrics["accuracy_drop"], b.metrics["accuracy_drop"]
+        return ta >= tb and da <= db and (ta > tb or da < db)
+
+    front = [t for t in done if not any(dominates(o, t) for o in done)]
+    return sorted(front, key=lambda t: -t.metrics["throughput"])
+
+
+def ranked_feasible(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """Feasible trials by throughput, best first; a configuration appears once (in canonical form).
+    The top trials re-measured interleaved at the end of the search come first, ranked by those
+    figures (one stretch of the machine's time, so comparable), if they still met the targets there."""
+    from . import knobs
+
+    seen, out = set(), []
+    for t in sorted((t for t in trials if t.feasible), key=lambda t: -t.metrics["throughput"]):
+        key = tuple(sorted(knobs.canonical(t.config).items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    confirmed = sorted((t for t in out if t.remeasured and t.remeasured.get("feasible")),
+                       key=lambda t: -t.remeasured["throughput"])
+    return confirmed + [t for t in out if t not in confirmed]
+
+
+def speedup(trial: TrialRecord, reference: TrialRecord | None) -> float | None:
+    """Throughput relative to the reference: the median of per-round ratios from the interleaved
+    re-measurement when both took part in it, else the ratio of their figures in the search."""
+    if reference is None:
+        return None
+    if trial.remeasured and reference.remeasured:
+        return trial.remeasured["speedup"] / reference.remeasured["speedup"]
+    return trial.metrics["throughput"] / reference.metrics["throughput"]
+
+
+def closest_infeasible(trials: list[TrialRecord], targets: Targets) -> TrialRecord | None:
+    """The measured trial (complete, or stopped past a target) that misses the targets by the least
+    (sum of relative excesses)."""
+    def excess(t: TrialRecord) -> float:
+        return sum(max(0.0, v) / (targets.bound(k) or 1.0) for k, v in t.constraints.items())
+
+    done = [t for t in trials if t.constraints]
+    return min(done, key=excess) if done else None

@@ -1,0 +1,134 @@
+"""The search process's side of the workers: the base trial request, one worker per job, the
+`evaluate(config, number)` functions the study loop calls, and the interleaved re-measurement of the
+best trials at the end of a search."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .machine import available_cores
+from .options import SearchOptions
+from .protocol import TrialRequest, TrialResult
+from .results import TrialRecord, TrialState, ranked_feasible, reference_of
+from .study import known_numerics
+from .worker import Worker
+
+log = logging.getLogger("autoopt")
+REMEASURE_ROUNDS = 10
+
+
+class Runner:
+    """Owns a temporary directory (trial work, worker logs, the report) and the workers; a context
+    manager that stops every worker on exit."""
+
+    def __init__(self, pipe, options: SearchOptions, reference_accuracy: float | None, study):
+        self._dir = tempfile.TemporaryDirectory(prefix="autoopt-")
+        self.tmp = Path(self._dir.name)
+        self.options, self.study, self.reference_accuracy = options, study, reference_accuracy
+        self.request = TrialRequest(
+            task=options.task, device=options.device, threads=available_cores(), min_time_s=options.min_time_s,
+            pipeline=pipe.source, pipeline_pickle=_pickle_if_needed(pipe, self.tmp),
+            memory_limit_mb=options.targets.memory_mb,
+            latency_limit_ms=options.targets.latency_ms if options.task == "infer" and options.early_stop else None,
+        )
+        if options.task == "train":
+            from .training import reference_numerics
+
+            self.request = self.request.for_trial(reference_numerics=reference_numerics(pipe, options.device,
+                                                                                        str(self.tmp)))
+        self.workers = [Worker(str(self.tmp), reuse=not options.fresh_workers) for _ in range(options.jobs)]
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for worker in self.workers:
+            worker.close()
+        self._dir.cleanup()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the running trials (each raises KeyboardInterrupt in its job thread)."""
+        for worker in self.workers:
+            worker.interrupt()
+
+    def evaluators(self) -> list[Callable[[dict, int], TrialResult]]:
+        return [self._evaluator(worker) for worker in self.workers]
+
+    def _evaluator(self, worker: Worker) -> Callable[[dict, int], TrialResult]:
+        def evaluate(config: dict, number: int) -> TrialResult:
+            work = self.tmp / f"trial-{number}"
+            work.mkdir()
+            request = self.request.for_trial(config=config, trial=number,
+                                             known_numerics=known_numerics(self.study, config))
+            result = worker.run(request, str(work), self.options.trial_timeout_s)
+            if result.state == TrialState.COMPLETE and self.options.task == "infer":
+                drop = self.reference_accuracy - result.metrics["accuracy"]
+                result = dataclasses.replace(result, metrics={**result.metrics, "accuracy_drop": drop})
+            return dataclasses.replace(result, log_path=str(work / "worker.log"))
+        return evaluate
+
+    def remeasure(self, trials: list[TrialRecord]) -> None:
+        """Re-time the reference and the `remeasure_top` best feasible trials interleaved; store the
+        figures on the study (user attr "remeasured"), where the ranking and the export find them."""
+        reference = reference_of(trials)
+        candidates = [t for t in ranked_feasible(trials) if t is not reference][:self.options.remeasure_top]
+        if reference is None or not candidates:
+            return
+        chosen = [reference, *candidates]
+        log.info("Re-measuring the reference and the top %d trials interleaved (%d rounds)…", len(candidates),
+                 REMEASURE_ROUNDS)
+        work = self.tmp / "remeasure"
+        work.mkdir()
+        # A worker of its own, started from this thread: a worker dies with the thread that started it
+        # (PR_SET_PDEATHSIG), and the job threads are gone by now.
+        worker = Worker(str(self.tmp))
+        try:
+            request = self.request.for_trial(task="remeasure", configs=[t.config for t in chosen],
+                                             rounds=REMEASURE_ROUNDS,
+                                             round_time_s=max(0.05, self.options.min_time_s / 5))
+            result = worker.run(request, str(work), self.options.trial_timeout_s)
+        finally:
+            worker.close()
+        if result.state != TrialState.COMPLETE:
+            log.warning("The interleaved re-measurement failed (%s): the search's own figures stand.", result.reason)
+            return
+        latency_ms = self.options.targets.latency_ms
+        figures = {}
+        for t, fig in zip(chosen, result.metrics["figures"]):
+            fig["feasible"] = latency_ms is None or fig["latency_ms_p95"] <= latency_ms
+            figures[str(t.number)] = fig
+        self.study.set_user_attr("remeasured", figures)
+
+
+def _pickle_if_needed(pipe, tmp: Path) -> str | None:
+    """A pipeline built in memory (not loaded from a file) travels to the worker by value."""
+    if pipe.source:
+        return None
+    import cloudpickle
+
+    # Functions from a module the worker cannot import by name (a loaded pipeline file, __main__,
+    # a notebook) must travel by value, not as a reference to that module.
+    for fn in (pipe.build_model, pipe.make_inputs, pipe.evaluate, pipe.calibration_data, pipe.build_reference):
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if module is not None and module.__name__ != "builtins" and not _importable(module.__name__):
+            cloudpickle.register_pickle_by_value(module)
+    path = os.path.join(tmp, "pipeline.pkl")
+    with open(path, "wb") as f:
+        cloudpickle.dump(pipe, f)
+    return path
+
+
+def _importable(name: str) -> bool:
+    """Whether a fresh process could import this module by name (sys.modules does not count)."""
+    import importlib.machinery
+
+    top = name.partition(".")[0]
+    if name == "__main__":
+        return False
+    return top in sys.builtin_module_names or importlib.machinery.PathFinder.find_spec(top) is not None

@@ -1,0 +1,77 @@
+"""The fresh-process check of an exported bundle: proof that it needs nothing of autoopt.
+
+`bundle.py` runs this file as a script in a new interpreter (`python -I verifier.py REQUEST`), where
+`import autoopt` is made impossible. It loads the bundle with its format's plain loader (a
+self-contained function of the runtime, sent as source: see runtimes.base.ExportFormat), runs the
+saved inputs at each batch size, and times one batch size as a deployment would see it.
+
+REQUEST (JSON): bundle, work (a directory), batches, time_batch, loader (source), loader_name.
+In `work`: reads inputs_<batch>.npz (arr_0, arr_1, ... in input order); writes outputs_<batch>.npz
+(keyed by output path) and report.json ({latency_ms_p50, latency_ms_p95}).
+This module imports nothing of autoopt, so that tests can import it and the script can run without it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Callable
+
+WARMUP_CALLS, WARMUP_S = 20, 0.5
+BLOCKS, BLOCK_CALLS, BLOCK_S = 3, 30, 1.0
+
+
+def block(call: Callable[[], object], min_calls: int, min_s: float, clock=time.perf_counter) -> tuple[float, float]:
+    """(p50, p95) in ms of calls timed for at least `min_calls` calls and `min_s` seconds."""
+    samples, started = [], clock()
+    while len(samples) < min_calls or clock() - started < min_s:
+        t = clock()
+        call()
+        samples.append((clock() - t) * 1e3)
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.95)]
+
+
+def time_call(call: Callable[[], object], clock=time.perf_counter) -> dict:
+    """Warm-up, then the median of BLOCKS blocks: one slow stretch of the machine does not decide."""
+    block(call, WARMUP_CALLS, WARMUP_S, clock)
+    blocks = [block(call, BLOCK_CALLS, BLOCK_S, clock) for _ in range(BLOCKS)]
+    middle = len(blocks) // 2
+    return {"latency_ms_p50": sorted(b[0] for b in blocks)[middle],
+            "latency_ms_p95": sorted(b[1] for b in blocks)[middle]}
+
+
+def plain_loader(source: str, name: str) -> Callable:
+    """The format's loader function, defined from its source in a namespace of its own."""
+    namespace: dict = {}
+    exec(compile(source, f"<plain loader {name}>", "exec"), namespace)  # noqa: S102 - autoopt's own code
+    return namespace[name]
+
+
+def main(request_path: str) -> int:
+    import numpy as np
+
+    with open(request_path) as f:
+        request = json.load(f)
+    bundle, work = request["bundle"], request["work"]
+    with open(f"{bundle}/autoopt.json") as f:
+        manifest = json.load(f)
+    run = plain_loader(request["loader"], request["loader_name"])(bundle, manifest)
+    n_inputs = len(manifest["inputs"])
+
+    def inputs(batch: int) -> list:
+        data = np.load(f"{work}/inputs_{batch}.npz")
+        return [data[f"arr_{i}"] for i in range(n_inputs)]
+
+    for batch in request["batches"]:
+        np.savez(f"{work}/outputs_{batch}.npz", **run(inputs(batch)))
+    timed = inputs(request["time_batch"])
+    with open(f"{work}/report.json", "w") as f:
+        json.dump(time_call(lambda: run(timed)), f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.modules["autoopt"] = None  # type: ignore[assignment] - an import of autoopt now fails
+    sys.exit(main(sys.argv[1]))
