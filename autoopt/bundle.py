@@ -31,6 +31,7 @@ from .results import TrialState, ranked_feasible, records
 from .runtimes import FORMATS, export_format
 
 ACCURACY_TOLERANCE = 0.005  # the recomputed metric must match the trial's within half a point
+VERIFY_TIMING_S = {"warmup_s": 0.5, "block_s": 1.0}  # the verifier's warm-up and each of its 3 timed blocks
 
 
 @dataclass
@@ -228,7 +229,8 @@ def run_verifier(work: Path, bundle: Path, fmt, batches: list[int], time_batch: 
     import inspect
 
     request = {"bundle": str(bundle), "work": str(work), "batches": batches, "time_batch": time_batch,
-               "loader": inspect.getsource(fmt.plain_loader), "loader_name": fmt.plain_loader.__name__}
+               "loader": inspect.getsource(fmt.plain_loader), "loader_name": fmt.plain_loader.__name__,
+               **VERIFY_TIMING_S}
     (work / "request.json").write_text(json.dumps(request))
     done = subprocess.run([sys.executable, "-I", verifier.__file__, str(work / "request.json")],
                           capture_output=True, text=True, timeout=600, env=env)

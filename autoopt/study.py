@@ -62,8 +62,8 @@ def run(
     """Ask/tell until the study holds `n_trials` finished trials or `timeout_s` has passed.
 
     One thread per evaluator (`--jobs`); `evaluate(config, number)` returns the worker's TrialResult.
-    On Ctrl-C, `on_interrupt()` stops the running trials: each evaluator
-    then raises KeyboardInterrupt in its thread, and the trial is marked before this re-raises.
+    On Ctrl-C, `on_interrupt()` stops the running trials: each evaluator then raises KeyboardInterrupt
+    in its thread, and the trial is marked before this re-raises.
     """
     import threading
 

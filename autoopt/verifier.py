@@ -5,7 +5,8 @@
 self-contained function of the runtime, sent as source: see runtimes.base.ExportFormat), runs the
 saved inputs at each batch size, and times one batch size as a deployment would see it.
 
-REQUEST (JSON): bundle, work (a directory), batches, time_batch, loader (source), loader_name.
+REQUEST (JSON): bundle, work (a directory), batches, time_batch, loader (source), loader_name, and
+optionally warmup_s and block_s (the seconds of the warm-up and of each timed block).
 In `work`: reads inputs_<batch>.npz (arr_0, arr_1, ... in input order); writes outputs_<batch>.npz
 (keyed by output path) and report.json ({latency_ms_p50, latency_ms_p95}).
 This module imports nothing of autoopt, so that tests can import it and the script can run without it.
@@ -33,10 +34,11 @@ def block(call: Callable[[], object], min_calls: int, min_s: float, clock=time.p
     return samples[len(samples) // 2], samples[int(len(samples) * 0.95)]
 
 
-def time_call(call: Callable[[], object], clock=time.perf_counter) -> dict:
+def time_call(call: Callable[[], object], clock=time.perf_counter, warmup_s: float | None = None,
+              block_s: float | None = None) -> dict:
     """Warm-up, then the median of BLOCKS blocks: one slow stretch of the machine does not decide."""
-    block(call, WARMUP_CALLS, WARMUP_S, clock)
-    blocks = [block(call, BLOCK_CALLS, BLOCK_S, clock) for _ in range(BLOCKS)]
+    block(call, WARMUP_CALLS, WARMUP_S if warmup_s is None else warmup_s, clock)
+    blocks = [block(call, BLOCK_CALLS, BLOCK_S if block_s is None else block_s, clock) for _ in range(BLOCKS)]
     middle = len(blocks) // 2
     return {"latency_ms_p50": sorted(b[0] for b in blocks)[middle],
             "latency_ms_p95": sorted(b[1] for b in blocks)[middle]}
@@ -68,7 +70,7 @@ def main(request_path: str) -> int:
         np.savez(f"{work}/outputs_{batch}.npz", **run(inputs(batch)))
     timed = inputs(request["time_batch"])
     with open(f"{work}/report.json", "w") as f:
-        json.dump(time_call(lambda: run(timed)), f)
+        json.dump(time_call(lambda: run(timed), warmup_s=request.get("warmup_s"), block_s=request.get("block_s")), f)
     return 0
 
 

@@ -23,6 +23,10 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # Pipelines cache weights here; tests never touch the user's cache.
     monkeypatch.setenv("AUTOOPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    # The export verifier's re-timing is a figure for deployment, not a check: short blocks in tests.
+    from autoopt import bundle
+
+    monkeypatch.setattr(bundle, "VERIFY_TIMING_S", {"warmup_s": 0.05, "block_s": 0.1})
 
 
 @pytest.fixture
@@ -35,4 +39,5 @@ def write_file(tmp_path):
     return write
 
 
-FAST = {"min_time": "0.05s", "trial_timeout": "120s"}
+# Short timing; no end-of-search re-measurement unless a test is about it (remeasure_top=3 there).
+FAST = {"min_time": "0.05s", "trial_timeout": "120s", "remeasure_top": 0}

@@ -68,8 +68,8 @@ def test_a_crash_is_named_by_its_signal(tmp_path, write_file):
 
 def test_a_hang_hits_the_time_limit(tmp_path, write_file):
     path = write_file("faulty.py", FAULTY.format(action="time.sleep(600)"))
-    result = run(tmp_path, path, {**CONFIG, "batch_size": 8}, timeout_s=8)
-    assert result == TrialResult.failed("timeout: no result after 8 s")
+    result = run(tmp_path, path, {**CONFIG, "batch_size": 8}, timeout_s=4)
+    assert result == TrialResult.failed("timeout: no result after 4 s")
 
 
 def test_a_warm_worker_serves_many_trials_and_is_replaced_after_a_crash(tmp_path, write_file, worker):
