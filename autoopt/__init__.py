@@ -8,7 +8,7 @@
 __version__ = "0.1.0"
 
 from .cache import cache_dir, cached_state_dict  # noqa: E402
-from .errors import AutoOptError, ConfigError, PipelineError, Unsupported  # noqa: E402
+from .errors import AutoOptError, ConfigError, ExportError, PipelineError, Unsupported  # noqa: E402
 from .pipeline import Pipeline, bundled_pipelines, load_pipeline  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Pipeline", "search", "SearchResult", "SearchOptions", "export", "load", "load_pipeline", "bundled_pipelines", "cache_dir",
-    "cached_state_dict",
-    "AutoOptError", "ConfigError", "PipelineError", "Unsupported", "__version__",
+    "Pipeline", "search", "SearchResult", "SearchOptions", "export", "trials", "load", "load_pipeline",
+    "bundled_pipelines", "cache_dir", "cached_state_dict",
+    "AutoOptError", "ConfigError", "ExportError", "PipelineError", "Unsupported", "__version__",
 ]
