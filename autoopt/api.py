@@ -149,13 +149,16 @@ def _resolve_space(pipe, opts: SearchOptions):
 def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) -> dict:
     """The MLflow params of the study's parent run."""
     from .bundle import package_versions
+    from .machine import cpu_info
 
+    cpu = cpu_info()
     return {
         "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory", "task": opts.task,
         "space": space.source, "device": opts.device, "seed": opts.seed, "sampler": opts.sampler,
         "warm_start": opts.warm_start, "early_stop": opts.early_stop,
         "target_latency_ms": opts.targets.latency_ms, "target_memory_mb": opts.targets.memory_mb,
         "max_accuracy_drop": opts.targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
+        "cpu_model": cpu["model"], "cpu_cores": cpu["cores"], "cpu_features": " ".join(cpu["features"]) or "none",
         **{f"{name}_version": v or "not installed"
            for name, v in package_versions("autoopt", "torch", "optuna", "onnxruntime", "mlflow").items()},
     }

@@ -98,6 +98,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
     """Build, verify and write the bundle of `trial` (a TrialRecord of `study`) atomically to `out`."""
     from .accuracy import candidate_accuracy
     from .candidate import build_candidate
+    from .machine import cpu_info
     from .pipeline import load_pipeline
 
     fmt_spec = export_format(fmt)
@@ -114,10 +115,14 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
         runtime, prepared, ctx, build_s = build_candidate(pipe, config, "cpu", int(config["threads"]), str(tmp),
                                                           pipe.make_inputs(batch))
         model_file = tmp / fmt_spec.model_file
-        if Path(prepared.artifact).resolve() != model_file:
-            shutil.copyfile(prepared.artifact, model_file)
+        shipped = {model_file, *(tmp / c for c in fmt_spec.companions)}
+        artifact = Path(prepared.artifact).resolve()
+        for target in shipped:
+            source = artifact if target == model_file else artifact.parent / target.name
+            if source != target:
+                shutil.copyfile(source, target)
         for extra in tmp.iterdir():  # intermediate files of the build
-            if extra != model_file:
+            if extra not in shipped:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
         reference = pipe.reference_model().eval()
         manifest = {
@@ -126,7 +131,8 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
                                                            "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop")},
             "remeasured": trial.remeasured,  # the end-of-search interleaved figures, when the trial took part
             "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]),
-            "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx"),
+            "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx", "openvino", "nncf"),
+            "machine": cpu_info(),  # what the trial was measured on
             "source": {"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,
                        "mlflow_parent_run_id": meta.get("parent_run_id"), "pipeline": pipe.name},
         }

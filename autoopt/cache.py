@@ -104,16 +104,19 @@ class ArtifactCache:
         self._evict(keep=entry)
         return entry
 
-    def get_or_build(self, key: str, name: str, build: Callable[[], tuple[str, dict]], workdir: str) -> tuple[str, dict]:
+    def get_or_build(self, key: str, name: str, build: Callable[[], tuple[str, dict]], workdir: str,
+                     companions: tuple[str, ...] = ()) -> tuple[str, dict]:
         """(path of the artifact `name`, its JSON metadata) under `key`; on a miss `build()` returns the
-        built file and the metadata, which are stored first."""
+        built file and the metadata, which are stored first, with the `companions`: files of these names
+        beside the built file that belong to it (an OpenVINO model.xml's model.bin)."""
         entry = self.get(key)
         if entry is None:
             path, meta = build()
             meta_path = os.path.join(workdir, "meta.json")
             with open(meta_path, "w") as f:
                 json.dump(meta, f)
-            entry = self.put(key, {name: path, "meta.json": meta_path})
+            siblings = {c: os.path.join(os.path.dirname(path), c) for c in companions}
+            entry = self.put(key, {name: path, **siblings, "meta.json": meta_path})
         return str(entry / name), json.loads((entry / "meta.json").read_text())
 
     def _evict(self, keep: Path) -> None:

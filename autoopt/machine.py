@@ -8,7 +8,7 @@ import platform
 
 # lscpu / /proc/cpuinfo flag -> how it is named in a report
 FEATURES = {"amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
-            "avx512_bf16": "AVX512-BF16", "avx512_fp16": "AVX512-FP16", "avx512f": "AVX-512"}
+            "avx512_bf16": "AVX512-BF16", "avx512_fp16": "AVX512-FP16", "avx512f": "AVX-512", "avx2": "AVX2"}
 
 
 def available_cores() -> int:
@@ -16,27 +16,28 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def cpu_info() -> dict:
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> dict:
     """{"model": the CPU model name, "cores": cores this process may use, "features": the FEATURES it has}."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
                     model = value.strip()
                 elif key.strip() == "flags":
                     flags = set(value.split())
-                if flags and model:
+                if flags:  # the first processor's block says it all
                     break
     except OSError:
         pass
-    return {"model": model, "cores": available_cores(), "features": [name for flag, name in FEATURES.items() if flag in flags]}
+    features = [name for flag, name in FEATURES.items() if flag in flags]
+    return {"model": model, "cores": available_cores(), "features": features}
 
 
-def cpu_description() -> str:
+def cpu_description(info: dict | None = None) -> str:
     """One line for a benchmark's output: 'Intel(R) Xeon(R) Processor, 2 cores: AVX512-VNNI, ... (no AMX)'."""
-    info = cpu_info()
+    info = info or cpu_info()
     features = ", ".join(info["features"]) or "none of the AMX/AVX-512 features"
     amx = "" if any(f.startswith("AMX") for f in info["features"]) else " (no AMX)"
     return f"{info['model']}, {info['cores']} cores: {features}{amx}"

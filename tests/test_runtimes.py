@@ -103,9 +103,11 @@ def bundle_dir(request, tmp_path):
     manifest = bundle.model_manifest(fmt, config, prepared, pipe.build_model(), pipe.make_inputs(2))
     out = tmp_path / "bundle"
     out.mkdir()
-    shutil.copyfile(prepared.artifact, out / manifest["model_file"])
-    (out / "autoopt.json").write_text(json.dumps(manifest))
     spec = runtimes.export_format(fmt)
+    shutil.copyfile(prepared.artifact, out / manifest["model_file"])
+    for companion in spec.companions:
+        shutil.copyfile(os.path.join(os.path.dirname(prepared.artifact), companion), out / companion)
+    (out / "autoopt.json").write_text(json.dumps(manifest))
     if spec.check is not None:
         spec.check(str(out / manifest["model_file"]))
     return out, spec, pipe

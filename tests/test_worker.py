@@ -31,16 +31,23 @@ def worker(tmp_path):
     w.close()
 
 
+SHARED: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_worker(tmp_path_factory):
+    """One warm worker for the tests that do not count processes (a crash or a hang replaces it, as in
+    a search)."""
+    SHARED["worker"] = Worker(str(tmp_path_factory.mktemp("workers")))
+    yield
+    SHARED.pop("worker").close()
+
+
 def run(tmp_path, pipeline, config, timeout_s=120, worker=None, name="trial", **request):
     work = tmp_path / name
     work.mkdir()
-    own = worker is None
-    worker = worker or Worker(str(tmp_path))
-    try:
-        return worker.run(REQUEST.for_trial(pipeline=pipeline, config=config, **request), str(work), timeout_s)
-    finally:
-        if own:
-            worker.close()
+    worker = worker or SHARED["worker"]
+    return worker.run(REQUEST.for_trial(pipeline=pipeline, config=config, **request), str(work), timeout_s)
 
 
 def test_a_complete_trial_reports_every_metric(tmp_path):

@@ -17,6 +17,7 @@ import copy
 
 import torch
 
+from .. import runtimes
 from ..errors import Unsupported
 from .base import Knob
 
@@ -36,8 +37,8 @@ def _conflict(config: dict, device: str) -> str | None:
         # One reason for every int8 mode: the sampler then never proposes another int8 + half pairing.
         return f"int8 quantization starts from the fp32 model; it does not combine with precision={config['precision']}"
     runtime = config.get("compile_mode", "eager")
-    if runtime == "onnxruntime":
-        return None
+    if "quantization" in runtimes.get(runtime).REALIZES:
+        return None  # the runtime quantizes its own graph; its conflict() says what it cannot do
     if device == "cuda":
         return f"quantization={mode} on the torch runtimes uses CPU int8 kernels; on CUDA use compile_mode=onnxruntime"
     if mode == "weight_only_int8" and runtime == "torchscript":

@@ -6,7 +6,7 @@ conformance suite runs it, and an `EXPORT` format makes it exportable, loadable 
 
 from __future__ import annotations
 
-from . import eager, inductor, onnxruntime, torchscript
+from . import eager, inductor, onnxruntime, openvino, torchscript
 from .base import BuildContext, Built, ExportFormat, Prepared, Runtime
 
 # compile_mode value -> the runtime module that builds it (the inductor modes share one module).
@@ -17,6 +17,7 @@ RUNTIMES: dict[str, Runtime] = {
     "inductor_max_autotune": inductor,
     "inductor_reduce_overhead": inductor,
     "onnxruntime": onnxruntime,
+    "openvino": openvino,
 }
 
 

@@ -27,6 +27,7 @@ class ExportFormat:
     log_model(mlflow, model_file: str, example: dict of numpy arrays) -> mlflow ModelInfo.
     settings(config: dict, prepared: Prepared) -> dict: runtime settings the manifest records.
     check(model_file: str): a structural check of the file before it is run (raises), or None.
+    companions: files that ship beside the model file, under these names (OpenVINO's model.bin).
     """
 
     name: str
@@ -36,6 +37,7 @@ class ExportFormat:
     log_model: Callable[..., Any]
     settings: Callable[[dict, "Prepared"], dict] = lambda config, prepared: {}
     check: Callable[[str], None] | None = None
+    companions: tuple[str, ...] = ()
 
 
 @runtime_checkable

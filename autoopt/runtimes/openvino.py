@@ -1,0 +1,195 @@
+"""openvino: the candidate converted to OpenVINO IR (dynamic batch axis) and compiled for the CPU.
+
+OpenVINO realizes three knobs itself: `precision` is its inference-precision hint (fp32 forces f32,
+since OpenVINO's own default on a CPU with bf16 units is bf16; bf16 asks for bf16 and is a conflict on
+a CPU without them), `threads` its INFERENCE_NUM_THREADS, and `quantization` goes through NNCF on the IR
+(static_int8: `nncf.quantize` calibrated on the pipeline's calibration data, with the transformer
+preset where the graph has attention; weight_only_int8: `nncf.compress_weights`). The IR does not
+depend on batch size, threads or the precision hint, so it is cached by the model's fingerprint and
+the quantization. Compiled with a latency hint (one stream), the way a server answering one request
+at a time runs it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..cache import ArtifactCache, model_fingerprint
+from ..errors import Unsupported
+from .base import BuildContext, Built, ExportFormat, Prepared, input_names, output_spec, to_reference_dtypes
+
+REALIZES = frozenset({"quantization", "quant_granularity", "precision"})
+HINTS = {"fp32": "f32", "bf16": "bf16"}  # the precision knob -> OpenVINO's INFERENCE_PRECISION_HINT
+ATTENTION_OPS = ("MatMul", "Softmax")  # both present: a transformer for NNCF's preset
+
+
+def _core():
+    import openvino
+
+    return openvino.Core()
+
+
+def cpu_supports_bf16() -> bool:
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def unavailable(value: str, device: str) -> str | None:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "the openvino package is not installed (pip install openvino nncf)"
+    if device != "cpu":
+        return "the openvino runtime compiles for the CPU (its GPU plugin serves Intel GPUs, not CUDA)"
+    return None
+
+
+def conflict(config: dict, device: str) -> str | None:
+    precision, quant = config.get("precision", "fp32"), config.get("quantization", "none")
+    if precision not in HINTS:
+        return f"openvino runs fp32 or bf16 on a CPU; precision={precision} is not one of them"
+    if precision == "bf16" and not cpu_supports_bf16():
+        return "precision=bf16 on openvino needs a CPU with bf16 units (AVX512-BF16 or AMX-BF16); this one has none"
+    if quant == "dynamic_int8":
+        return "dynamic_int8 is not an OpenVINO mode: use static_int8 (NNCF, calibrated) or weight_only_int8"
+    if quant != "none" and config.get("quant_granularity") == "per_tensor":
+        return "NNCF quantizes OpenVINO weights per channel, not per tensor"
+    return None
+
+
+def _convert(model, example: tuple, path: str):
+    """The model as OpenVINO IR with named inputs and a dynamic batch axis; (input names, output spec)."""
+    import openvino
+    import torch
+    from torch.utils import _pytree as pytree
+
+    class Flat(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs):
+            return tuple(pytree.tree_leaves(self.inner(*inputs)))
+
+    with torch.inference_mode():
+        spec = output_spec(model(*example))
+    names = input_names(model, len(example))
+    with torch.no_grad():
+        converted = openvino.convert_model(Flat(model).eval(), example_input=example)
+    for port, name, tensor in zip(converted.inputs, names, example):
+        port.get_tensor().set_names({name})
+        converted.reshape({port: openvino.PartialShape([-1, *tensor.shape[1:]])})
+    return converted, names, spec
+
+
+def _quantize(converted, config: dict, names: list[str], ctx: BuildContext):
+    import nncf
+
+    mode = config["quantization"]
+    if mode == "weight_only_int8":
+        return nncf.compress_weights(converted)
+    ops = {op.get_type_name() for op in converted.get_ops()}
+    transformer = all(op in ops for op in ATTENTION_OPS)
+    dataset = nncf.Dataset(ctx.calibration(), lambda batch: {n: t.numpy() for n, t in zip(names, batch)})
+    try:
+        return nncf.quantize(converted, dataset, model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                             subset_size=sum(int(b[0].shape[0]) for b in ctx.calibration()))
+    except Exception as exc:  # noqa: BLE001 - NNCF errors differ by graph; the trial is pruned with the reason
+        raise Unsupported(f"static_int8 on openvino (NNCF) cannot quantize this model: {type(exc).__name__}: {exc}"[:300],
+                          {"compile_mode": "openvino", "quantization": mode}) from exc
+
+
+def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
+    import openvino
+    import torch
+    from torch.utils import _pytree as pytree
+
+    model = model.cpu()
+    example = tuple(t.cpu() for t in ctx.example_inputs)
+    quant = config.get("quantization", "none")
+    key = model_fingerprint(model, example, quantization=quant, torch=torch.__version__,
+                            openvino=openvino.__version__)
+
+    def build() -> tuple[str, dict]:
+        converted, names, spec = _convert(model, example, path := os.path.join(ctx.workdir, "model.xml"))
+        if quant != "none":
+            converted = _quantize(converted, config, names, ctx)
+        openvino.save_model(converted, path, compress_to_fp16=False)
+        return path, {"input_names": names, "output_spec": pytree.treespec_dumps(spec)}
+
+    artifact, meta = ArtifactCache("openvino").get_or_build(key, "model.xml", build, ctx.workdir, ("model.bin",))
+    size = sum(os.path.getsize(os.path.join(os.path.dirname(artifact), f)) for f in ("model.xml", "model.bin"))
+    return Prepared(size / 1e6, artifact=artifact, state={
+        "input_names": meta["input_names"], "output_spec": pytree.treespec_loads(meta["output_spec"]), "cache_key": key,
+    })
+
+
+def properties(threads: int, precision: str) -> dict:
+    return {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": HINTS[precision]}
+
+
+def predictor(compiled, spec):
+    """predict(*tensors) over a compiled model: positional inputs, the output structure restored."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    request = compiled.create_infer_request()
+
+    def predict(*inputs):
+        results = request.infer([t.detach().cpu().numpy() for t in inputs])
+        flat = [torch.from_numpy(results[port].copy()) for port in compiled.outputs]
+        return to_reference_dtypes(pytree.tree_unflatten(flat, spec))
+
+    return predict
+
+
+def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
+    compiled = _core().compile_model(prepared.artifact, "CPU",
+                                     properties(ctx.threads, config.get("precision", "fp32")))
+    return Built(predictor(compiled, prepared.state["output_spec"]))
+
+
+def plain_loader(bundle: str, manifest: dict):
+    """Stock openvino with the threads and precision the trial was measured with (see ExportFormat)."""
+    import openvino
+
+    settings = manifest["runtime"]
+    compiled = openvino.Core().compile_model(bundle + "/" + manifest["model_file"], "CPU", {
+        "INFERENCE_NUM_THREADS": settings["threads"], "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": settings["inference_precision"]})
+    request = compiled.create_infer_request()
+    paths = manifest["outputs"]["paths"]
+
+    def run(arrays):
+        results = request.infer(list(arrays))
+        return {path: results[port].copy() for path, port in zip(paths, compiled.outputs)}
+
+    return run
+
+
+def _load_bundle(bundle, manifest: dict, spec):
+    settings = manifest["runtime"]
+    precision = {hint: knob for knob, hint in HINTS.items()}[settings["inference_precision"]]
+    compiled = _core().compile_model(str(bundle / manifest["model_file"]), "CPU",
+                                     properties(settings["threads"], precision))
+    return predictor(compiled, spec)
+
+
+def _log_model(mlflow, model_file: str, example: dict):
+    """A pyfunc model (MLflow has no OpenVINO flavor): the IR as artifacts, served by openvino_pyfunc.py,
+    a file that needs only mlflow, openvino and numpy where it is loaded."""
+    import openvino
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=os.path.join(here, "openvino_pyfunc.py"),
+        artifacts={"model_xml": model_file, "model_bin": os.path.join(os.path.dirname(model_file), "model.bin")},
+        pip_requirements=[f"openvino=={openvino.__version__}", "numpy"], input_example=example,
+    )
+
+
+EXPORT = ExportFormat(
+    name="openvino", model_file="model.xml", plain_loader=plain_loader, load=_load_bundle, log_model=_log_model,
+    settings=lambda config, prepared: {"inference_precision": HINTS[config.get("precision", "fp32")]},
+    companions=("model.bin",),
+)

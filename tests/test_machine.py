@@ -1,0 +1,28 @@
+"""The CPU's model and the instruction sets that decide what is fast, read from /proc/cpuinfo."""
+
+from autoopt.machine import cpu_description, cpu_info
+
+SAPPHIRE = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_int8 amx_tile
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_int8 amx_tile
+"""
+SKYLAKE = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6148\nflags\t\t: fpu avx2 avx512f avx512bw\n"
+
+
+def test_the_features_that_decide_speed_are_named(tmp_path):
+    (tmp_path / "amx").write_text(SAPPHIRE)
+    (tmp_path / "skylake").write_text(SKYLAKE)
+    amx, skylake = cpu_info(str(tmp_path / "amx")), cpu_info(str(tmp_path / "skylake"))
+    assert amx["model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert amx["features"] == ["AMX-BF16", "AMX-INT8", "AVX512-VNNI", "AVX512-BF16", "AVX512-FP16", "AVX-512", "AVX2"]
+    assert skylake["features"] == ["AVX-512", "AVX2"]
+    assert cpu_description(skylake).endswith(": AVX-512, AVX2 (no AMX)")
+    assert "(no AMX)" not in cpu_description(amx)
+
+
+def test_this_machine_is_read_without_error():
+    info = cpu_info()
+    assert info["cores"] >= 1 and isinstance(info["features"], list) and info["model"]
