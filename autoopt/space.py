@@ -74,17 +74,17 @@ class Space:
     def suggest(self, trial) -> dict:
         return {name: domain.suggest(trial) for name, domain in self.domains.items()}
 
-    def warm_start(self, device: str, max_batch: float | None = None) -> list[dict]:
+    def warm_start(self, device: str, max_batch: float | None = None, features=()) -> list[dict]:
         """The known-good configurations the knobs declare (Knob.warm_start) that this space can express,
         each once, at the middle batch size, or the largest one up to `max_batch` when that is smaller
-        (the smallest if none is)."""
+        (the smallest if none is). `features`: the CPU's (machine.cpu_info), for the entries that need one."""
         domain = self.domains["batch_size"]
         sizes = sorted(domain.choices) if domain.choices is not None else [int(domain.low)]
         batch = sizes[len(sizes) // 2]
         if max_batch is not None and batch > max_batch:
             batch = max([b for b in sizes if b <= max_batch], default=sizes[0])
         out: list[dict] = []
-        for seed in knobs.warm_start_seeds(self.task, device):
+        for seed in knobs.warm_start_seeds(self.task, device, features):
             config = {**self.reference_config(), "batch_size": batch, **seed}
             if (all(name in self.domains and self.domains[name].contains(value) for name, value in seed.items())
                     and not knobs.conflict(config, device) and config not in out):

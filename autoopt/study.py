@@ -141,7 +141,10 @@ class _WarmStart:
         if self.targets.latency_ms is not None and p95:
             per_sample_ms = p95 / reference.params.get("batch_size", 1)
             max_batch = self.targets.latency_ms / per_sample_ms * WARM_START_SPEEDUP
-        for config in self.space.warm_start(self.device, max_batch):
+        from .machine import cpu_info
+
+        features = cpu_info()["features"] if self.device == "cpu" else ()
+        for config in self.space.warm_start(self.device, max_batch, features):
             self.study.enqueue_trial(config, user_attrs={"warm_start": True})
 
 

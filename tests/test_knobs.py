@@ -234,3 +234,16 @@ def test_knob_facts_decide_numerics_reuse_export_tolerance_and_warm_start():
         {"quantization": "dynamic_int8", "compile_mode": "onnxruntime"},
         {"compile_mode": "onnxruntime"}]
     assert knobs.warm_start_seeds("train", "cpu") == [{"precision": "bf16"}]
+
+
+def test_warm_start_entries_that_need_a_cpu_feature_come_first_where_it_exists():
+    from autoopt import knobs
+
+    general = knobs.warm_start_seeds("infer", "cpu")
+    amx = knobs.warm_start_seeds("infer", "cpu", ["AMX-BF16", "AMX-INT8"])
+    assert amx[:3] == [{"quantization": "static_int8", "compile_mode": "openvino"},
+                       {"precision": "bf16", "compile_mode": "openvino"}, {"precision": "bf16", "compile_mode": "inductor"}]
+    assert amx[3:] == general
+    assert knobs.warm_start_seeds("infer", "cpu", ["AVX512-VNNI", "AVX512-BF16"])[:2] == [
+        {"quantization": "static_int8", "compile_mode": "openvino"}, {"precision": "bf16", "compile_mode": "openvino"}]
+    assert not any(seed.get("precision") == "bf16" for seed in general)

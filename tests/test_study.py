@@ -72,26 +72,41 @@ def test_abandoned_trials_are_found_by_pid_here_and_by_heartbeat_elsewhere():
     assert recovered == [0, 2]
 
 
-def test_warm_start_follows_the_reference_with_a_batch_the_latency_target_allows():
-    from autoopt.space import load_space
+def warm_run(monkeypatch, features: list[str], trials: int = 5):
+    """A search over the default space on a CPU with these features; the reference takes 2 ms per sample."""
+    from autoopt import machine
     from autoopt.protocol import TrialResult
+    from autoopt.space import load_space
     from autoopt.study import open_study, run
     from autoopt.targets import Targets
 
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "fake", "cores": 2, "features": features})
     space = load_space(None, "cpu")  # batch sizes [1, 8, 32, 64, 128]
     study = open_study("warm", None, 0, space, "cpu")
     asked = []
 
-    def evaluate(config: dict, number: int) -> TrialResult:  # the reference takes 2 ms per sample
+    def evaluate(config: dict, number: int) -> TrialResult:
         asked.append(config)
         ms = 2.0 * config["batch_size"] / (1 if number == 0 else 4)
         return TrialResult.complete({
             "latency_ms_p50": ms, "latency_ms_p95": ms, "throughput": config["batch_size"] / ms * 1e3,
             "accuracy": 1.0, "accuracy_drop": 0.0, "peak_memory_mb": 1.0})
 
-    run(study, space, [evaluate], Targets(latency_ms=20.0), 5, None, "cpu", [])
+    run(study, space, [evaluate], Targets(latency_ms=20.0), trials, None, "cpu", [])
+    return space, study, asked
+
+
+def test_warm_start_follows_the_reference_with_a_batch_the_latency_target_allows(monkeypatch):
+    space, study, asked = warm_run(monkeypatch, ["AVX-512", "AVX2"])
     assert asked[0] == space.reference_config()
     # 20 ms / 2 ms per sample x WARM_START_SPEEDUP (2) = 20 samples: the largest batch up to that is 8
     assert [(c["compile_mode"], c["batch_size"]) for c in asked[1:4]] == [
         ("torchscript", 8), ("onnxruntime", 8), ("onnxruntime", 8)]
     assert all(t.user_attrs.get("warm_start") for t in study.trials[1:4])
+    assert not any(c["precision"] == "bf16" for c in asked[:4])  # no bf16 units: bf16 is not warm-started
+
+
+def test_a_cpu_with_amx_bf16_tries_bf16_right_after_the_reference(monkeypatch):
+    _, _, asked = warm_run(monkeypatch, ["AMX-BF16", "AMX-INT8", "AVX512-VNNI", "AVX512-BF16"])
+    assert (asked[1]["precision"], asked[1]["compile_mode"]) == ("bf16", "inductor")
+    assert [c["compile_mode"] for c in asked[2:5]] == ["torchscript", "onnxruntime", "onnxruntime"]

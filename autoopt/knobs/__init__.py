@@ -77,9 +77,19 @@ def export_tolerance(config: dict) -> tuple[float, float]:
     return min([c for c, _ in loose], default=EXACT[0]), max([r for _, r in loose], default=EXACT[1])
 
 
-def warm_start_seeds(task: str, device: str) -> list[dict]:
-    """The known-good settings the knobs declare for this task and device, in registry order."""
-    return [dict(seed) for knob in REGISTRY.values() for t, d, seed in knob.warm_start if (t, d) == (task, device)]
+def warm_start_seeds(task: str, device: str, features=()) -> list[dict]:
+    """The known-good settings the knobs declare for this task and device, in registry order: first those
+    that need a CPU feature this CPU has (`features`: machine.cpu_info names), then the general ones."""
+    targeted, general = [], []
+    for knob in REGISTRY.values():
+        for t, d, seed, *needs in knob.warm_start:
+            if (t, d) != (task, device):
+                continue
+            if not needs:
+                general.append(dict(seed))
+            elif set(needs[0]) & set(features):
+                targeted.append(dict(seed))
+    return targeted + general
 
 
 def apply_model_knobs(model, config: dict, ctx, realized_by_runtime: frozenset = frozenset()):

@@ -18,8 +18,9 @@ Facts the search reads from the knob instead of keeping lists of knob names:
   so that an accuracy measured for one value holds for every other;
 - `tolerance`: (minimum cosine, relative max-abs error) an exported model must reach against the
   reference when this knob is off its baseline (an approximation by design is looser); None: exact;
-- `warm_start`: (task, device, configuration) entries of known-good settings led by this knob, tried
-  right after the reference of a new study, in registry order.
+- `warm_start`: (task, device, configuration[, CPU features]) entries of known-good settings led by
+  this knob, tried right after the reference of a new study, in registry order; an entry that names CPU
+  features (machine.FEATURES names, any one of them) is tried only on a CPU that has one, and first.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Knob:
     train_choices: tuple | None = None
     changes_numerics: bool = True
     tolerance: tuple[float, float] | None = None
-    warm_start: tuple[tuple[str, str, dict], ...] = ()
+    warm_start: tuple[tuple, ...] = ()
 
     @property
     def numeric(self) -> bool:

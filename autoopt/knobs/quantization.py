@@ -154,6 +154,7 @@ KNOB = Knob(
     tolerance=(0.95, float("inf")),  # by design: the metric check of the export bounds it
     # Measured on CPU (README, "What the knobs do on a CPU"): FX static int8 + TorchScript for conv
     # nets, ORT dynamic int8 for transformers.
-    warm_start=(("infer", "cpu", {"quantization": "static_int8", "compile_mode": "torchscript"}),
+    warm_start=(("infer", "cpu", {"quantization": "static_int8", "compile_mode": "openvino"}, ("AMX-INT8", "AVX512-VNNI")),
+                ("infer", "cpu", {"quantization": "static_int8", "compile_mode": "torchscript"}),
                 ("infer", "cpu", {"quantization": "dynamic_int8", "compile_mode": "onnxruntime"})),
 )
