@@ -24,6 +24,7 @@ import torch
 from autoopt import knobs
 from autoopt.accuracy import candidate_accuracy
 from autoopt.errors import Unsupported
+from autoopt.machine import cpu_description, cpu_info
 from autoopt.measure import percentile
 from autoopt.pipeline import load_pipeline
 from autoopt.candidate import build_candidate
@@ -40,6 +41,8 @@ SINGLE = [
     {"compile_mode": "onnxruntime"},
     {"compile_mode": "onnxruntime", "graph_fusion": "none"},
     {"compile_mode": "onnxruntime", "graph_fusion": "transformer"},
+    {"compile_mode": "openvino"},
+    {"compile_mode": "openvino", "precision": "bf16"},
     {"quantization": "dynamic_int8"},
     {"quantization": "dynamic_int8", "quant_granularity": "per_tensor"},
     {"quantization": "static_int8"},
@@ -49,7 +52,7 @@ SINGLE = [
 ]
 COMBOS = [
     {"compile_mode": runtime, "quantization": quant, "threads": threads}
-    for runtime in ("torchscript", "inductor", "onnxruntime")
+    for runtime in ("torchscript", "inductor", "onnxruntime", "openvino")
     for quant in ("none", "dynamic_int8", "static_int8", "weight_only_int8")
     for threads in (1, 2)
 ]
@@ -180,12 +183,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    print(f"CPU: {cpu_description()}", flush=True)
     results = [run(name, args.rounds) for name in args.pipelines]
+    print(f"\nCPU: {cpu_description()}")
     for result in results:
         print_table(result)
     out = Path(__file__).parent / "results" / "knobs.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
+    out.write_text(json.dumps({"machine": cpu_info(), "pipelines": results}, indent=2, default=str))
     print(f"\nwrote {out}")
 
 

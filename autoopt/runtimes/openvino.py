@@ -56,7 +56,7 @@ def conflict(config: dict, device: str) -> str | None:
     return None
 
 
-def _convert(model, example: tuple, path: str):
+def _convert(model, example: tuple):
     """The model as OpenVINO IR with named inputs and a dynamic batch axis; (input names, output spec)."""
     import openvino
     import torch
@@ -89,10 +89,11 @@ def _quantize(converted, config: dict, names: list[str], ctx: BuildContext):
         return nncf.compress_weights(converted)
     ops = {op.get_type_name() for op in converted.get_ops()}
     transformer = all(op in ops for op in ATTENTION_OPS)
-    dataset = nncf.Dataset(ctx.calibration(), lambda batch: {n: t.numpy() for n, t in zip(names, batch)})
-    try:
+    batches = ctx.calibration()
+    dataset = nncf.Dataset(batches, lambda batch: {n: t.numpy() for n, t in zip(names, batch)})
+    try:  # subset_size counts dataset items (batches here): calibrate on all of them
         return nncf.quantize(converted, dataset, model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                             subset_size=sum(int(b[0].shape[0]) for b in ctx.calibration()))
+                             subset_size=len(batches))
     except Exception as exc:  # noqa: BLE001 - NNCF errors differ by graph; the trial is pruned with the reason
         raise Unsupported(f"static_int8 on openvino (NNCF) cannot quantize this model: {type(exc).__name__}: {exc}"[:300],
                           {"compile_mode": "openvino", "quantization": mode}) from exc
@@ -110,7 +111,8 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
                             openvino=openvino.__version__)
 
     def build() -> tuple[str, dict]:
-        converted, names, spec = _convert(model, example, path := os.path.join(ctx.workdir, "model.xml"))
+        converted, names, spec = _convert(model, example)
+        path = os.path.join(ctx.workdir, "model.xml")
         if quant != "none":
             converted = _quantize(converted, config, names, ctx)
         openvino.save_model(converted, path, compress_to_fp16=False)
