@@ -176,3 +176,22 @@ def input_names(model, n_inputs: int) -> list[str]:
     except (TypeError, ValueError):
         params = []
     return params[:n_inputs] if len(params) >= n_inputs else [f"input_{i}" for i in range(n_inputs)]
+
+
+def flattened(model, example_inputs: tuple):
+    """(a module returning the model's outputs as a flat tuple, the forward() input names, the output
+    spec that restores the structure): graph formats (ONNX, OpenVINO IR) carry flat outputs only."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    class Flat(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs):
+            return tuple(pytree.tree_leaves(self.inner(*inputs)))
+
+    with torch.inference_mode():
+        spec = output_spec(model(*example_inputs))
+    return Flat(model).eval(), input_names(model, len(example_inputs)), spec

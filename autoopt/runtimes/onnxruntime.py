@@ -16,7 +16,7 @@ import warnings
 
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, ExportFormat, Prepared, input_names, output_spec, to_reference_dtypes
+from .base import BuildContext, Built, ExportFormat, Prepared, flattened, to_reference_dtypes
 
 REALIZES = frozenset({"quantization", "quant_granularity", "graph_fusion"})
 TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization",
@@ -46,25 +46,14 @@ def conflict(config: dict, device: str) -> str | None:
 def export_onnx(model, example_inputs: tuple, path: str):
     """Export with a shared dynamic batch axis; returns (input names, output spec)."""
     import torch
-    from torch.utils import _pytree as pytree
 
-    class Flat(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *inputs):
-            return tuple(pytree.tree_leaves(self.inner(*inputs)))
-
-    with torch.inference_mode():
-        spec = output_spec(model(*example_inputs))
-    names = input_names(model, len(example_inputs))
+    flat, names, spec = flattened(model, example_inputs)
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
         # One shared batch Dim across inputs is what we want; the exporter warns that it merges them.
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         torch.onnx.export(
-            Flat(model).eval(), example_inputs, path,
+            flat, example_inputs, path,
             dynamo=True, external_data=False, verbose=False,
             input_names=names, output_names=[f"output_{i}" for i in range(spec.num_leaves)],
             dynamic_shapes=(tuple({0: batch} for _ in example_inputs),),

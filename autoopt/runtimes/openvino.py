@@ -16,7 +16,7 @@ import os
 
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, ExportFormat, Prepared, input_names, output_spec, to_reference_dtypes
+from .base import BuildContext, Built, ExportFormat, Prepared, flattened, to_reference_dtypes
 
 REALIZES = frozenset({"quantization", "quant_granularity", "precision"})
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # the precision knob -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -60,21 +60,10 @@ def _convert(model, example: tuple):
     """The model as OpenVINO IR with named inputs and a dynamic batch axis; (input names, output spec)."""
     import openvino
     import torch
-    from torch.utils import _pytree as pytree
 
-    class Flat(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *inputs):
-            return tuple(pytree.tree_leaves(self.inner(*inputs)))
-
-    with torch.inference_mode():
-        spec = output_spec(model(*example))
-    names = input_names(model, len(example))
+    flat, names, spec = flattened(model, example)
     with torch.no_grad():
-        converted = openvino.convert_model(Flat(model).eval(), example_input=example)
+        converted = openvino.convert_model(flat, example_input=example)
     for port, name, tensor in zip(converted.inputs, names, example):
         port.get_tensor().set_names({name})
         converted.reshape({port: openvino.PartialShape([-1, *tensor.shape[1:]])})
