@@ -64,11 +64,11 @@ def run_request(request: TrialRequest) -> TrialResult:
     pipeline = _pipeline(request)
     if request.task == "remeasure":
         return candidate.remeasure(pipeline, request)
-    threads = int(request.config.get("threads", request.threads))
-    torch.set_num_threads(threads)
     if request.task == "train":
         from .training import run_train_trial
 
+        threads = int(request.config.get("threads", request.threads))
+        torch.set_num_threads(threads)
         return run_train_trial(pipeline, request.for_trial(config={**request.config, "threads": threads}))
     return candidate.run_trial(pipeline, request)
 
