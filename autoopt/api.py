@@ -181,7 +181,7 @@ def export(study: str, *, trial: int | None = None, format: str = "onnx", out: s
            pipeline: Pipeline | None = None):
     """Export a finished trial of `study` (default: the best feasible one) as a verified bundle.
 
-    format: an export format ("onnx", "torchscript"); the trial must have run on the runtime that writes it.
+    format: an export format ("onnx", "openvino", "torchscript"); the trial must have run on the runtime that writes it.
     out: the bundle directory (default exports/<study>). register: an MLflow registered-model name.
     pipeline: needed only when the study searched an in-memory Pipeline (no file to reload).
     """

@@ -132,7 +132,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             "remeasured": trial.remeasured,  # the end-of-search interleaved figures, when the trial took part
             "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]),
             "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx", "openvino", "nncf"),
-            "machine": cpu_info(),  # what the trial was measured on
+            "machine": cpu_info(),  # the machine that built and verified the bundle
             "source": {"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,
                        "mlflow_parent_run_id": meta.get("parent_run_id"), "pipeline": pipe.name},
         }

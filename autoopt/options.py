@@ -31,7 +31,7 @@ DEFAULTS = {
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """A search's options, normalized.
+    """A search's options, normalized; built by `parse`, whose DEFAULTS are the one place defaults live.
 
     targets: latency (p95 of one batch call, "100ms"; a bare number is ms), memory ("512MB", "2GiB"; a
         bare number is MB) and the allowed accuracy drop ("1%" or 0.01, points of the pipeline metric).
@@ -60,26 +60,26 @@ class SearchOptions:
     """
 
     targets: Targets
-    space: str | os.PathLike | None = None
-    trials: int = 20
-    timeout_s: float | None = None
-    seed: int | None = None
-    study: str | None = None
-    tracking_uri: str | os.PathLike | None = None
-    storage: str | None = None
-    device: str = "cpu"
-    trial_timeout_s: float = 600.0
-    min_time_s: float = 1.0
-    export: str | None = None
-    out: str | os.PathLike | None = None
-    register: str | None = None
-    task: str = "infer"
-    remeasure_top: int = 3
-    sampler: str = "tpe"
-    warm_start: bool = True
-    jobs: int = 1
-    fresh_workers: bool = False
-    early_stop: bool = True
+    space: str | os.PathLike | None
+    trials: int
+    timeout_s: float | None
+    seed: int | None
+    study: str | None
+    tracking_uri: str | os.PathLike | None
+    storage: str | None
+    device: str
+    trial_timeout_s: float
+    min_time_s: float
+    export: str | None
+    out: str | os.PathLike | None
+    register: str | None
+    task: str
+    remeasure_top: int
+    sampler: str
+    warm_start: bool
+    jobs: int
+    fresh_workers: bool
+    early_stop: bool
 
     @classmethod
     def parse(cls, **raw) -> "SearchOptions":
