@@ -149,7 +149,7 @@ def _resolve_space(pipe, opts: SearchOptions):
 def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) -> dict:
     """The MLflow params of the study's parent run."""
     from .bundle import package_versions
-    from .machine import cpu_info
+    from .machine import bf16_matmul_speedup, cpu_info
 
     cpu = cpu_info()
     return {
@@ -159,6 +159,7 @@ def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) 
         "target_latency_ms": opts.targets.latency_ms, "target_memory_mb": opts.targets.memory_mb,
         "max_accuracy_drop": opts.targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
         "cpu_model": cpu["model"], "cpu_cores": cpu["cores"], "cpu_features": " ".join(cpu["features"]) or "none",
+        "cpu_bf16_matmul_speedup": round(bf16_matmul_speedup(), 2) if opts.device == "cpu" else None,
         **{f"{name}_version": v or "not installed"
            for name, v in package_versions("autoopt", "torch", "optuna", "onnxruntime", "mlflow").items()},
     }

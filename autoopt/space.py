@@ -76,10 +76,9 @@ class Space:
 
     def warm_start(self, device: str, max_batch: float | None = None, features=()) -> list[dict]:
         """The known-good configurations the knobs declare (Knob.warm_start) that this space can express,
-        each once, at the middle batch size, or the largest one up to `max_batch` when that is smaller
-        (the smallest if none is). `features`: the CPU's (machine.cpu_info), for the entries that need one."""
-        domain = self.domains["batch_size"]
-        sizes = sorted(domain.choices) if domain.choices is not None else [int(domain.low)]
+        each once, at the middle of batch_sizes(), or the largest one up to `max_batch` when that is smaller
+        (the smallest if none is). `features`: machine.search_features, for the entries that need one."""
+        sizes = self.batch_sizes()
         batch = sizes[len(sizes) // 2]
         if max_batch is not None and batch > max_batch:
             batch = max([b for b in sizes if b <= max_batch], default=sizes[0])
@@ -90,6 +89,16 @@ class Space:
                     and not knobs.conflict(config, device) and config not in out):
                 out.append(config)
         return out
+
+    def batch_sizes(self) -> list[int]:
+        """The batch sizes of the space in order: a list's values; of a range, its powers of two (and its ends)."""
+        domain = self.domains["batch_size"]
+        if domain.choices is not None:
+            return sorted(domain.choices)
+        low, high = int(domain.low), int(domain.high)
+        step = int(domain.step or 1)
+        powers = [2 ** i for i in range(high.bit_length()) if low <= 2 ** i <= high and (2 ** i - low) % step == 0]
+        return sorted({low, *powers, high - (high - low) % step})
 
     def restrict(self, name: str, value) -> None:
         """Sampled trials take `value` for knob `name`; the reference keeps the knob's baseline (for
@@ -173,12 +182,14 @@ def _domain(knob: knobs.Knob, value, where: str) -> Domain:
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"{entry} must list at least one value, {knob.describe_domain()}. Got [].")
-        for item in value:
-            if not knob.contains(item):
-                raise ConfigError(f"{entry} must contain only values {knob.describe_domain()}. Got {item!r}.")
-        if len(set(value)) != len(value):
+        if len(set(map(str, value))) != len(value):
             raise ConfigError(f"{entry} lists a value twice. Got {value!r}.")
-        return Domain(knob.name, choices=tuple(int(v) if knob.integer else v for v in value))
+        parsed = [knob.parse(item) for item in value]
+        for item, raw in zip(parsed, value):
+            if not knob.contains(item):
+                raise ConfigError(f"{entry} must contain only values {knob.describe_domain()}. Got {raw!r}.")
+        # `cores` may equal a number the list also gives (2 on a 2-core machine): one value, once
+        return Domain(knob.name, choices=tuple(dict.fromkeys(int(v) if knob.integer else v for v in parsed)))
     if isinstance(value, dict):
         if not knob.numeric:
             raise ConfigError(f"{entry} must be a list of values, {knob.describe_domain()}. Got a mapping {value!r}.")
@@ -187,10 +198,10 @@ def _domain(knob: knobs.Knob, value, where: str) -> Domain:
             raise ConfigError(
                 f"{entry} must be a mapping with 'low' and 'high' and optionally 'step' or 'log'. Got {value!r}."
             )
-        low, high = value["low"], value["high"]
-        for bound in (low, high):
+        low, high = knob.parse(value["low"]), knob.parse(value["high"])
+        for bound, raw in ((low, value["low"]), (high, value["high"])):
             if not knob.contains(bound):
-                raise ConfigError(f"{entry} must have low and high {knob.describe_domain()}. Got {bound!r}.")
+                raise ConfigError(f"{entry} must have low and high {knob.describe_domain()}. Got {raw!r}.")
         if low > high:
             raise ConfigError(f"{entry} must have low <= high. Got low={low!r}, high={high!r}.")
         step, log = value.get("step"), value.get("log", False)

@@ -141,10 +141,9 @@ class _WarmStart:
         if self.targets.latency_ms is not None and p95:
             per_sample_ms = p95 / reference.params.get("batch_size", 1)
             max_batch = self.targets.latency_ms / per_sample_ms * WARM_START_SPEEDUP
-        from .machine import cpu_info
+        from .machine import search_features
 
-        features = cpu_info()["features"] if self.device == "cpu" else ()
-        for config in self.space.warm_start(self.device, max_batch, features):
+        for config in self.space.warm_start(self.device, max_batch, search_features(self.device)):
             self.study.enqueue_trial(config, user_attrs={"warm_start": True})
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -25,13 +23,11 @@ from autoopt import knobs
 from autoopt.accuracy import candidate_accuracy
 from autoopt.errors import Unsupported
 from autoopt.machine import cpu_description, cpu_info
-from autoopt.measure import percentile
 from autoopt.pipeline import load_pipeline
 from autoopt.candidate import build_candidate
+from interleave import time_interleaved
 
 BATCHES = (1, 32)
-BLOCK_S = 0.03  # time per variant per round
-PAUSE_S = 0.02  # between blocks: thread pools that spin after a run go idle before the next variant
 
 SINGLE = [
     {"threads": 1},
@@ -92,36 +88,17 @@ def build_all(pipeline, variants: list[dict]) -> list[dict]:
     return rows
 
 
-def time_interleaved(pipeline, rows: list[dict], rounds: int) -> None:
+def time_all(pipeline, rows: list[dict], rounds: int) -> None:
     for batch in BATCHES:
-        inputs = pipeline.make_inputs(batch)
-        live = []
-        for r in (r for r in rows if batch in r["predict"]):  # warm-up, and calls per block from the warm call time
-            torch.set_num_threads(r["config"]["threads"])
-            try:
-                for _ in range(3):
-                    r["predict"][batch](*inputs)
-            except Exception as exc:  # noqa: BLE001 - e.g. a compiled kernel that fails at this shape
-                r["note"] = f"failed at batch {batch}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        live = [r for r in rows if batch in r["predict"]]
+        timed = time_interleaved([{"predict": r["predict"][batch], "threads": r["config"]["threads"]} for r in live],
+                                 pipeline.make_inputs(batch), rounds)
+        for i, r in enumerate(live):
+            if "error" in timed[i]:
+                r["note"] = f"failed at batch {batch}: {timed[i]['error']}"
                 del r["predict"][batch]
-                continue
-            start = time.perf_counter()
-            r["predict"][batch](*inputs)
-            r.setdefault("block", {})[batch] = max(1, int(BLOCK_S / max(time.perf_counter() - start, 1e-6)))
-            live.append(r)
-        calls = {id(r): [] for r in live}
-        for _ in range(rounds):
-            for r in live:
-                torch.set_num_threads(r["config"]["threads"])
-                predict = r["predict"][batch]
-                for _ in range(r["block"][batch]):
-                    start = time.perf_counter()
-                    predict(*inputs)
-                    calls[id(r)].append(time.perf_counter() - start)
-                time.sleep(PAUSE_S)
-        for r in live:
-            samples = [s * 1e3 for s in calls[id(r)]]
-            r.setdefault("latency", {})[batch] = {"p50_ms": statistics.median(samples), "p95_ms": percentile(samples, 95)}
+            else:
+                r.setdefault("latency", {})[batch] = timed[i]
 
 
 def run(name: str, rounds: int) -> dict:
@@ -130,7 +107,7 @@ def run(name: str, rounds: int) -> dict:
     pipeline.build_model()  # trains on first use: keep that out of the reference's build time
     variants = [{}] + SINGLE + [c for c in COMBOS if c not in SINGLE]
     rows = build_all(pipeline, variants)
-    time_interleaved(pipeline, rows, rounds)
+    time_all(pipeline, rows, rounds)
     torch.set_num_threads(knobs.REGISTRY["threads"].baseline)
     ref_accuracy = None
     for r in rows:

@@ -1,5 +1,6 @@
 """The CPU's model and the instruction sets that decide what is fast, read from /proc/cpuinfo."""
 
+from autoopt import machine
 from autoopt.machine import cpu_description, cpu_info
 
 SAPPHIRE = """processor\t: 0
@@ -26,3 +27,13 @@ def test_the_features_that_decide_speed_are_named(tmp_path):
 def test_this_machine_is_read_without_error():
     info = cpu_info()
     assert info["cores"] >= 1 and isinstance(info["features"], list) and info["model"]
+
+
+def test_fast_bf16_is_measured_and_only_named_where_it_measured_fast(monkeypatch):
+    assert machine.bf16_matmul_speedup() > 0
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "fake", "cores": 2, "features": ["AVX512-BF16"]})
+    monkeypatch.setattr(machine, "bf16_matmul_speedup", lambda: 1.5)
+    assert machine.search_features("cpu") == ["AVX512-BF16", machine.FAST_BF16]
+    monkeypatch.setattr(machine, "bf16_matmul_speedup", lambda: 0.8)
+    assert machine.search_features("cpu") == ["AVX512-BF16"]
+    assert machine.search_features("cuda") == []

@@ -8,7 +8,7 @@ from autoopt.space import load_space
 def test_default_space_drops_fp16_on_cpu_with_a_note():
     space = load_space(None, "cpu")
     assert space.domains["precision"].choices == ("fp32", "bf16")
-    assert space.domains["compile_mode"].choices == ("eager", "torchscript", "inductor", "onnxruntime")
+    assert space.domains["compile_mode"].choices == ("eager", "torchscript", "inductor", "onnxruntime", "openvino")
     assert any("precision=fp16 dropped" in n and "CUDA" in n for n in space.notes)
     assert space.reference_config() == knobs.reference_config()
 
@@ -19,7 +19,26 @@ def test_every_bundled_space_loads(name):
 
 
 def test_bundled_space_by_name():
-    assert load_space("default", "cpu").domains["batch_size"].choices == (1, 8, 32, 64, 128)
+    domain = load_space("default", "cpu").domains["batch_size"]
+    assert (domain.low, domain.high, domain.log) == (1, 128, True)
+
+
+def test_batch_sizes_of_a_range_are_its_powers_of_two_and_its_ends(write_file):
+    assert load_space(None, "cpu").batch_sizes() == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert load_space(write_file("s.yaml", "batch_size: {low: 1, high: 100, step: 3}\n"), "cpu").batch_sizes() == [
+        1, 4, 16, 64, 100]
+    assert load_space(write_file("s.yaml", "batch_size: [64, 1, 8]\n"), "cpu").batch_sizes() == [1, 8, 64]
+
+
+@pytest.mark.parametrize("cores, expected", [(2, (1, 2)), (4, (1, 2, 4)), (32, (1, 2, 16, 32))])
+def test_threads_follow_the_cores_of_the_machine(write_file, monkeypatch, cores, expected):
+    from autoopt.knobs import threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: cores)
+    space = load_space(write_file("s.yaml", "threads: [1, 2, cores/2, cores]\n"), "cpu")
+    assert space.domains["threads"].choices == expected  # one value once; above the cores: dropped
+    ranged = load_space(write_file("s.yaml", "threads: {low: 1, high: cores}\n"), "cpu").domains["threads"]
+    assert (ranged.low, ranged.high) == (1, cores)
 
 
 def test_missing_knobs_stay_at_baseline(write_file):
@@ -59,6 +78,11 @@ def test_baseline_is_added_to_a_list_that_lacks_it(write_file):
     ("batch_size: [1, 2.5]\n",
      "The 'batch_size' entry of {f} must contain only values an integer in [1, 65536]. Got 2.5."),
     ("batch_size: [1, 1]\n", "The 'batch_size' entry of {f} lists a value twice. Got [1, 1]."),
+    ("threads: [1, all]\n",
+     "The 'threads' entry of {f} must contain only values an integer in [1, 1024] or 'cores' or 'cores/N'. Got 'all'."),
+    ("threads: [1, cores/0]\n",
+     "The 'threads' entry of {f} must contain only values an integer in [1, 1024] or 'cores' or 'cores/N'. Got 'cores/0'."),
+    ("threads: [cores, cores]\n", "The 'threads' entry of {f} lists a value twice. Got ['cores', 'cores']."),
     ("precision: {low: 1, high: 2}\n",
      "The 'precision' entry of {f} must be a list of values, one of [fp32, bf16, fp16]. Got a mapping {{'low': 1, 'high': 2}}."),
     ("batch_size: {low: 8, high: 4}\n", "The 'batch_size' entry of {f} must have low <= high. Got low=8, high=4."),
@@ -107,11 +131,11 @@ def test_suggest_returns_a_plain_dict_of_every_knob_of_the_task():
 def test_warm_start_gives_the_known_good_combinations_the_space_can_express(write_file):
     seeds = load_space(None, "cpu").warm_start("cpu")
     assert [(s["quantization"], s["compile_mode"], s["batch_size"]) for s in seeds] == [
-        ("static_int8", "torchscript", 32), ("dynamic_int8", "onnxruntime", 32), ("none", "onnxruntime", 32)]
+        ("static_int8", "torchscript", 16), ("dynamic_int8", "onnxruntime", 16), ("none", "onnxruntime", 16)]
     narrow = load_space(write_file("s.yaml", "batch_size: [1, 4]\ncompile_mode: [eager, onnxruntime]\n"), "cpu")
     assert [s["compile_mode"] for s in narrow.warm_start("cpu")] == ["onnxruntime"]  # int8 is not in this space
     assert load_space(None, "cpu", "train").warm_start("cpu")[0]["precision"] == "bf16"
-    space = load_space(None, "cpu")  # batch sizes [1, 8, 32, 64, 128]
-    assert {s["batch_size"] for s in space.warm_start("cpu", max_batch=20.5)} == {8}  # capped under a latency target
-    assert {s["batch_size"] for s in space.warm_start("cpu", max_batch=500)} == {32}  # never above the middle
+    space = load_space(None, "cpu")  # batch sizes 1..128: [1, 2, 4, ..., 128]
+    assert {s["batch_size"] for s in space.warm_start("cpu", max_batch=12.5)} == {8}  # capped under a latency target
+    assert {s["batch_size"] for s in space.warm_start("cpu", max_batch=500)} == {16}  # never above the middle
     assert {s["batch_size"] for s in space.warm_start("cpu", max_batch=0.3)} == {1}

@@ -72,8 +72,9 @@ def test_abandoned_trials_are_found_by_pid_here_and_by_heartbeat_elsewhere():
     assert recovered == [0, 2]
 
 
-def warm_run(monkeypatch, features: list[str], trials: int = 5):
-    """A search over the default space on a CPU with these features; the reference takes 2 ms per sample."""
+def warm_run(monkeypatch, features: list[str], trials: int = 5, bf16_speedup: float = 0.8):
+    """A search over the default space on a CPU with these features, where bf16 matrix products measure
+    `bf16_speedup` x fp32; the reference takes 2 ms per sample."""
     from autoopt import machine
     from autoopt.protocol import TrialResult
     from autoopt.space import load_space
@@ -81,7 +82,8 @@ def warm_run(monkeypatch, features: list[str], trials: int = 5):
     from autoopt.targets import Targets
 
     monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "fake", "cores": 2, "features": features})
-    space = load_space(None, "cpu")  # batch sizes [1, 8, 32, 64, 128]
+    monkeypatch.setattr(machine, "bf16_matmul_speedup", lambda: bf16_speedup)
+    space = load_space(None, "cpu")  # batch sizes 1..128
     study = open_study("warm", None, 0, space, "cpu")
     asked = []
 
@@ -99,14 +101,27 @@ def warm_run(monkeypatch, features: list[str], trials: int = 5):
 def test_warm_start_follows_the_reference_with_a_batch_the_latency_target_allows(monkeypatch):
     space, study, asked = warm_run(monkeypatch, ["AVX-512", "AVX2"])
     assert asked[0] == space.reference_config()
-    # 20 ms / 2 ms per sample x WARM_START_SPEEDUP (2) = 20 samples: the largest batch up to that is 8
+    # 20 ms / 2 ms per sample x WARM_START_SPEEDUP (2) = 20 samples: the largest power of two up to that is 16
     assert [(c["compile_mode"], c["batch_size"]) for c in asked[1:4]] == [
-        ("torchscript", 8), ("onnxruntime", 8), ("onnxruntime", 8)]
+        ("torchscript", 16), ("onnxruntime", 16), ("onnxruntime", 16)]
     assert all(t.user_attrs.get("warm_start") for t in study.trials[1:4])
     assert not any(c["precision"] == "bf16" for c in asked[:4])  # no bf16 units: bf16 is not warm-started
 
 
-def test_a_cpu_with_amx_bf16_tries_bf16_right_after_the_reference(monkeypatch):
-    _, _, asked = warm_run(monkeypatch, ["AMX-BF16", "AMX-INT8", "AVX512-VNNI", "AVX512-BF16"])
-    assert (asked[1]["precision"], asked[1]["compile_mode"]) == ("bf16", "inductor")
-    assert [c["compile_mode"] for c in asked[2:5]] == ["torchscript", "onnxruntime", "onnxruntime"]
+def test_a_cpu_with_amx_bf16_tries_bf16_among_the_first_five_and_one_without_does_not(monkeypatch):
+    _, _, amx = warm_run(monkeypatch, ["AMX-BF16", "AMX-INT8", "AVX512-VNNI", "AVX512-BF16"])
+    assert [(c["precision"], c["quantization"], c["compile_mode"]) for c in amx[1:5]] == [
+        ("fp32", "static_int8", "openvino"), ("bf16", "none", "openvino"), ("bf16", "none", "inductor"),
+        ("fp32", "static_int8", "torchscript")]
+    # VNNI and AVX512-BF16 without AMX (bf16 lost to f32 there): int8 first, no bf16
+    _, study, vnni = warm_run(monkeypatch, ["AVX512-VNNI", "AVX512-BF16", "AVX-512"])
+    assert [(c["quantization"], c["compile_mode"]) for c in vnni[1:5]] == [
+        ("static_int8", "openvino"), ("static_int8", "torchscript"), ("dynamic_int8", "onnxruntime"),
+        ("none", "onnxruntime")]
+    assert not any(c["precision"] == "bf16" for c in vnni) and all(t.user_attrs.get("warm_start") for t in study.trials[1:5])
+
+
+def test_the_same_flags_with_bf16_measured_fast_try_bf16_first(monkeypatch):
+    _, _, fast = warm_run(monkeypatch, ["AVX512-VNNI", "AVX512-BF16", "AVX-512"], bf16_speedup=2.0)
+    assert [(c["precision"], c["quantization"], c["compile_mode"]) for c in fast[1:4]] == [
+        ("fp32", "static_int8", "openvino"), ("bf16", "none", "openvino"), ("bf16", "none", "inductor")]

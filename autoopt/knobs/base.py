@@ -10,6 +10,8 @@
 - `apply(model, config, ctx)`: the model-level transform, for knobs realized on the nn.Module.
   Knobs realized elsewhere (by the runtime, by the measurement) leave it None; a runtime that
   realizes a knob itself lists it in its REALIZES set and `apply` is skipped for it.
+- `parse(value)`: a space file's spelling of a value -> the value (threads: `cores`, `cores/2` -> the
+  cores this process may use, halved), so that a bundled space fits the machine it runs on.
 - `tasks`: the tasks that search this knob ("infer", "train"); `train_choices` narrows a categorical
   knob's values for the training task (compile_mode: eager and inductor only).
 
@@ -37,6 +39,10 @@ def _always(_config: dict) -> bool:
     return True
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 @dataclass(frozen=True)
 class Knob:
     name: str
@@ -49,6 +55,8 @@ class Knob:
     conflict: Callable[[dict, str], str | None] = _never
     relevant: Callable[[dict], bool] = _always
     apply: Callable[[Any, dict, Any], Any] | None = None
+    parse: Callable[[Any], Any] = _same
+    spellings: str = ""  # what `parse` also accepts, for error messages
     tasks: tuple[str, ...] = ("infer",)
     train_choices: tuple | None = None
     changes_numerics: bool = True
@@ -62,7 +70,7 @@ class Knob:
     def describe_domain(self) -> str:
         if self.numeric:
             kind = "an integer" if self.integer else "a number"
-            return f"{kind} in [{self.bounds[0]:g}, {self.bounds[1]:g}]"
+            return f"{kind} in [{self.bounds[0]:g}, {self.bounds[1]:g}]" + (f" or {self.spellings}" if self.spellings else "")
         return "one of [" + ", ".join(str(c) for c in self.choices) + "]"
 
     def contains(self, value: Any) -> bool:

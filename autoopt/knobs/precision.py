@@ -1,9 +1,10 @@
 """precision: the dtype the model computes in. fp32 is the reference; bf16/fp16 cast the model.
 
 Inputs are cast to the model's dtype by the runtime and outputs come back as fp32, so that callers
-see the reference's dtypes. On this kind of CPU (no avx512_bf16) bf16 is emulated: it can win at
-batch 1 and loses at large batches, so it stays a searchable choice. fp16 on CPU is 10-190x slower
-than fp32 and is only offered on CUDA.
+see the reference's dtypes. Whether bf16 pays on a CPU is measured, not assumed: 0.75-0.90x fp32 on one
+Intel Xeon with AVX512-BF16 and no AMX, 1.5-2.6x on an AMD EPYC with the same flags, 1.8x on a Skylake
+without any (README); it stays a searchable choice everywhere and is warm-started where it is fast.
+fp16 on CPU is 10-190x slower than fp32 and is only offered on CUDA.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ KNOB = Knob(
     apply=_apply,
     tasks=("infer", "train"),
     tolerance=(0.999, 0.05),
-    # bf16 pays where the CPU has AMX (issue 13: OpenVINO bf16 4.1x, inductor bf16 2.7x the eager fp32
-    # reference on a sentence encoder); with AVX512-BF16 alone it lost to f32 (benchmarks/knobs.py,
-    # README), so elsewhere bf16 is left to the sampler.
-    warm_start=(("infer", "cpu", {"precision": "bf16", "compile_mode": "openvino"}, ("AMX-BF16",)),
-                ("infer", "cpu", {"precision": "bf16", "compile_mode": "inductor"}, ("AMX-BF16",)),
+    # bf16 pays where the CPU computes it fast: with AMX (issue 13: OpenVINO bf16 4.1x, inductor bf16 2.7x
+    # the eager fp32 reference on a sentence encoder), or where bf16 matrix products measure faster than
+    # fp32 here (machine.FAST_BF16: an AMD EPYC with AVX512-BF16, OpenVINO bf16 3.6-4.0x); with AVX512-BF16
+    # alone on an Intel Xeon it lost to f32 (README), so there bf16 is left to the sampler.
+    warm_start=(("infer", "cpu", {"precision": "bf16", "compile_mode": "openvino"}, ("AMX-BF16", "BF16-FAST")),
+                ("infer", "cpu", {"precision": "bf16", "compile_mode": "inductor"}, ("AMX-BF16", "BF16-FAST")),
                 ("infer", "cuda", {"precision": "fp16", "compile_mode": "inductor"}),
                 ("infer", "cuda", {"precision": "bf16"}),
                 ("train", "cpu", {"precision": "bf16"}),

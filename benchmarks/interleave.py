@@ -1,0 +1,51 @@
+"""Interleaved timing for the benchmarks: every variant runs a block of calls in turn, round after round,
+so that machine noise (another process, a frequency change) hits them alike and ratios hold within one run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from autoopt.measure import percentile
+
+BLOCK_S = 0.03  # time per variant per round
+PAUSE_S = 0.02  # between blocks: thread pools that spin after a run go idle before the next variant
+
+
+def time_interleaved(variants: list[dict], inputs: tuple, rounds: int) -> dict[int, dict]:
+    """variants: {"predict": callable, "threads": torch threads while it runs (None: leave them)}.
+    Returns {index: {"p50_ms", "p95_ms"}} for the variants that ran; a variant whose warm-up raises
+    gets {"error": message} instead."""
+    out: dict[int, dict] = {}
+    live = []
+    for i, v in enumerate(variants):  # warm-up, and the calls per block from the warm call time
+        _threads(v)
+        try:
+            for _ in range(3):
+                v["predict"](*inputs)
+        except Exception as exc:  # noqa: BLE001 - e.g. a compiled kernel that fails at this shape
+            out[i] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
+            continue
+        start = time.perf_counter()
+        v["predict"](*inputs)
+        live.append((i, max(1, int(BLOCK_S / max(time.perf_counter() - start, 1e-6)))))
+    calls: dict[int, list[float]] = {i: [] for i, _ in live}
+    for _ in range(rounds):
+        for i, block in live:
+            _threads(variants[i])
+            predict = variants[i]["predict"]
+            for _ in range(block):
+                start = time.perf_counter()
+                predict(*inputs)
+                calls[i].append((time.perf_counter() - start) * 1e3)
+            time.sleep(PAUSE_S)
+    for i, samples in calls.items():
+        out[i] = {"p50_ms": statistics.median(samples), "p95_ms": percentile(samples, 95)}
+    return out
+
+
+def _threads(variant: dict) -> None:
+    if variant.get("threads") is not None:
+        torch.set_num_threads(variant["threads"])
