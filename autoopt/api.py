@@ -149,9 +149,9 @@ def _resolve_space(pipe, opts: SearchOptions):
 def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) -> dict:
     """The MLflow params of the study's parent run."""
     from .bundle import package_versions
-    from .machine import bf16_matmul_speedup, cpu_info
+    from .machine import bf16_matmul_speedup, cpu_info, gpu_info
 
-    cpu = cpu_info()
+    cpu, gpu = cpu_info(), (gpu_info() if opts.device == "cuda" else None) or {}
     return {
         "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory", "task": opts.task,
         "space": space.source, "device": opts.device, "seed": opts.seed, "sampler": opts.sampler,
@@ -160,6 +160,7 @@ def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) 
         "max_accuracy_drop": opts.targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
         "cpu_model": cpu["model"], "cpu_cores": cpu["cores"], "cpu_features": " ".join(cpu["features"]) or "none",
         "cpu_bf16_matmul_speedup": round(bf16_matmul_speedup(), 2) if opts.device == "cpu" else None,
+        "gpu_name": gpu.get("name"), "gpu_compute_capability": gpu.get("compute_capability"),
         **{f"{name}_version": v or "not installed"
            for name, v in package_versions("autoopt", "torch", "optuna", "onnxruntime", "mlflow").items()},
     }

@@ -51,6 +51,17 @@ def cpu_description(info: dict | None = None) -> str:
     return f"{info['model']}, {info['cores']} cores: {features}{amx}"
 
 
+def gpu_info() -> dict | None:
+    """{"name", "compute_capability" ("9.0"), "memory_gb"} of the CUDA device in use, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+            "memory_gb": round(props.total_memory / 2**30, 1)}
+
+
 @functools.cache
 def bf16_matmul_speedup() -> float:
     """fp32 / bf16 time of a 256x1024 @ 1024x1024 product on this CPU with every core (interleaved, best

@@ -1,5 +1,7 @@
 """The CPU's model and the instruction sets that decide what is fast, read from /proc/cpuinfo."""
 
+import pytest
+
 from autoopt import machine
 from autoopt.machine import cpu_description, cpu_info
 
@@ -37,3 +39,16 @@ def test_fast_bf16_is_measured_and_only_named_where_it_measured_fast(monkeypatch
     monkeypatch.setattr(machine, "bf16_matmul_speedup", lambda: 0.8)
     assert machine.search_features("cpu") == ["AVX512-BF16"]
     assert machine.search_features("cuda") == []
+
+
+def test_gpu_info_names_the_device_or_is_none(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert machine.gpu_info() is None
+
+
+@pytest.mark.gpu
+def test_gpu_info_on_a_cuda_machine():
+    info = machine.gpu_info()
+    assert info["name"] and info["compute_capability"].count(".") == 1 and info["memory_gb"] > 0
