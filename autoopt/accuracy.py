@@ -8,7 +8,7 @@ batches from `make_inputs` (seeded); the reference scores 1.0, so accuracy_drop 
 
 from __future__ import annotations
 
-from .pipeline import Pipeline, check_metric
+from .pipeline import Pipeline, call_user, check_metric
 
 FIDELITY_BATCHES = 4
 FIDELITY_BATCH_SIZE = 16
@@ -50,7 +50,8 @@ def reference_accuracy(pipeline: Pipeline) -> float:
     from .runtimes.eager import predictor
 
     where = pipeline.source or f"pipeline {pipeline.name!r}"
-    return check_metric(where, pipeline.evaluate(predictor(pipeline.reference_model().eval())))
+    model = pipeline.reference_model().eval()
+    return check_metric(where, call_user(pipeline, "evaluate(predict) of the reference", pipeline.evaluate, predictor(model)))
 
 
 def candidate_accuracy(pipeline: Pipeline, predict) -> float:

@@ -85,9 +85,9 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
     from .pipeline import check_pipeline, load_pipeline
     from .report import write_report
     from .runner import Runner
-    from .storage import open_storage
+    from .storage import check_resume, open_storage, search_signature
     from .study import open_study, run
-    from .tracking import Tracker, resolve_store
+    from .tracking import Tracker, check_reachable, resolve_store
 
     if options is not None and keywords:
         raise ConfigError(f"search() takes options= or keywords, not both. Got options= and {sorted(keywords)}.")
@@ -98,16 +98,18 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
     space = _resolve_space(pipe, opts)
     ref_accuracy = None if opts.task == "train" else reference_accuracy(pipe)  # training: a loss trajectory
     uri, store = resolve_store(opts.tracking_uri)
+    check_reachable(uri)
     name = opts.study or f"{pipe.name}{'-train' if opts.task == 'train' else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = open_storage(opts.storage, store)
     study = open_study(name, storage, opts.seed, space, opts.device, opts.sampler)
-    tracker = Tracker(uri, store, pipe.name)
+    check_resume(study, search_signature(space, opts.targets, opts.task, opts.device), space.source)
+    tracker = Tracker(uri, store, pipe.name if opts.task == "infer" else f"{pipe.name}-train")  # metrics differ by task
     tracker.start_study(name, _study_params(pipe, space, opts, ref_accuracy))
     study.set_user_attr("remeasured", {})  # figures of an earlier run of this study are stale now
     # What a later `autoopt export` needs to rebuild a trial and log the model beside the study.
     study.set_user_attr("autoopt", {"pipeline": pipe.source, "tracking_uri": uri,
                                     "parent_run_id": tracker.parent_run_id, "task": opts.task})
-    with Runner(pipe, opts, ref_accuracy, study) as runner:
+    with tracker.failing_study(), Runner(pipe, opts, ref_accuracy, study) as runner:
         interrupted = False
         try:
             run(study, space, runner.evaluators(), opts.targets, opts.trials, opts.timeout_s, opts.device,
@@ -123,7 +125,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
         )
         files = write_report(result.trials, opts.targets, study, result.reference, runner.tmp,
                              f"Study {name} ({pipe.name}, task {opts.task})")
-        tracker.finish_study(result.best, files, interrupted)
+        tracker.finish_study(result.best, files, interrupted, result.trials)
     if opts.export is not None and not interrupted:
         result.exported = _export_winner(study, opts, pipe, name)
     return result

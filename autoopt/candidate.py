@@ -25,7 +25,15 @@ def calibration_batches(pipeline) -> list[tuple]:
     import torch
 
     if pipeline.calibration_data is not None:
-        return [tuple(batch) for batch in list(pipeline.calibration_data())[:CALIBRATION_BATCHES]]
+        import itertools
+
+        from .pipeline import call_user
+
+        def first_batches():
+            return [tuple(batch) for batch in itertools.islice(pipeline.calibration_data(), CALIBRATION_BATCHES)]
+
+        # a bug in the user's function is a PipelineError, not a reason to prune int8 for good
+        return call_user(pipeline, "calibration_data()", first_batches)
     batches = []
     for seed in range(8):
         torch.manual_seed(seed)
@@ -89,7 +97,9 @@ def run_trial(pipeline, request: TrialRequest) -> TrialResult:
     with device_lock(device, exclusive=False):
         runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request.workdir, inputs)
     metrics, built = _measure(runtime, prepared, config, ctx, inputs, request)
-    metrics.update(model_size_mb=prepared.model_size_mb, threads=threads, build_s=build_s)
+    metrics.update(threads=threads, build_s=build_s)
+    if prepared.model_size_mb is not None:
+        metrics["model_size_mb"] = prepared.model_size_mb
     limit_ms = request.latency_limit_ms
     if limit_ms is not None and metrics["latency_ms_p95"] > limit_ms:  # infeasible whatever its accuracy
         raise OverTarget(f"latency: p95 {metrics['latency_ms_p95']:.2f} ms is over the {limit_ms:g} ms target "

@@ -108,7 +108,7 @@ def _summary(result) -> Table:
     for col in columns:
         table.add_column(col, justify="left" if col.startswith("configuration") else "right")
     for t in rows:
-        m = t.metrics
+        m = t.figures
         speedup = result.speedup(t)
         mark = "*" if t.remeasured else ""
         head = [f"{t.number}{mark} (ref)" if t is result.reference else f"{t.number}{mark}", escape(_describe(t.config))]
@@ -118,7 +118,8 @@ def _summary(result) -> Table:
                           f"{m['accuracy_drop']:.4f}", f"{m['grad_cosine']:.4f}")
         else:
             table.add_row(*head, f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}",
-                          f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}", f"{m['model_size_mb']:.2f}",
+                          f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}",
+                          f"{m['model_size_mb']:.2f}" if "model_size_mb" in m else "-",
                           f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}")
     return table
 
@@ -175,8 +176,9 @@ def search(
         raise typer.Exit(130) from None
     console.print(_summary(result))
     if any(t.remeasured for t in result.trials):
-        console.print("* re-measured at the end, interleaved with the reference (10 rounds): the speedup is the "
-                      "median of the per-round ratios, and the winner is chosen on these figures.", highlight=False)
+        console.print("* re-measured at the end, interleaved with the reference (10 rounds): latency and samples/s are "
+                      "those figures, the speedup the median of the per-round ratios; the winner is chosen on them.",
+                      highlight=False)
     if result.interrupted:
         err.print(f"Interrupted: the study holds {len(result.trials)} trials; "
                   f"run again with --study {result.study_name} to continue.", highlight=False)
@@ -192,7 +194,7 @@ def search(
         raise typer.Exit(3)
     speedup = result.speedup(best)
     console.print(f"[bold green]Best:[/] trial {best.number} ({escape(_describe(best.config))}): "
-                  f"{best.metrics['throughput']:,.0f} samples/s"
+                  f"{best.figures['throughput']:,.0f} samples/s"
                   + (f", {speedup:.2f}x the reference" if speedup else ""), highlight=False)
     if export:
         if result.exported is None:
@@ -275,7 +277,7 @@ def trials(
 @app.command()
 def ui(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
-    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+    port: int = typer.Option(5000, min=1, max=65535, help="Port on 127.0.0.1."),
     study: Optional[str] = typer.Option(None, help="Open this study's trials (default: the latest study)."),
 ) -> None:
     """Start the MLflow UI on the store, bound to 127.0.0.1, and print the URL of the study's trials."""
@@ -337,8 +339,20 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show deb
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main() -> None:
-    app(prog_name="autoopt")
+def main(argv: list[str] | None = None) -> int:
+    """The `autoopt` command. A usage error (unknown flag, a value of the wrong type) is one line and exit 2."""
+    from typer.exceptions import TyperException
+
+    try:
+        code = app(args=argv, prog_name="autoopt", standalone_mode=False)
+    except TyperException as exc:
+        if not hasattr(exc, "format_message"):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" See '{ctx.command_path} --help'." if ctx is not None else " See 'autoopt --help'."
+        err.print(f"[bold red]error:[/] {escape(exc.format_message().rstrip('.'))}.{hint}", highlight=False, soft_wrap=True)
+        return getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

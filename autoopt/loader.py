@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 def load(path):
     from torch.utils import _pytree as pytree
@@ -15,6 +17,10 @@ def load(path):
     from .runtimes import export_format
 
     bundle = Path(path)
+    if not (bundle / "autoopt.json").is_file():
+        what = "does not exist" if not bundle.exists() else "has no autoopt.json"
+        raise ConfigError(f"autoopt.load({str(path)!r}): the folder {what}. Expected a bundle written by "
+                          "`autoopt export` or `autoopt search --export` (a model file and autoopt.json).")
     manifest = json.loads((bundle / "autoopt.json").read_text())
     spec = pytree.treespec_loads(manifest["outputs"]["pytree"])
     pin_allocator(manifest["runtime"].get("environment", {}))  # the malloc settings it was measured with (process-wide)

@@ -94,6 +94,12 @@ class SearchOptions:
         for name in ("trials", "jobs"):
             _whole(v[name], name, minimum=1)
         _whole(v["remeasure_top"], "remeasure_top", minimum=0)
+        if v["seed"] is not None:
+            _whole(v["seed"], "seed", minimum=0, maximum=2**32 - 1)  # what numpy's generators take
+        for name in ("out", "register"):
+            if v[name] is not None and v["export"] is None:
+                raise ConfigError(f"{option(name)} belongs to {option('export')}, which was not given. Add "
+                                  f"{option('export', 'onnx')} (or openvino, torchscript), or drop {option(name)}.")
         if v["study"] is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(v["study"])):
             raise ConfigError(f"{option('study')} must be a name of letters, digits, '_', '.' and '-'. "
                               f"Got {v['study']!r}.")
@@ -141,12 +147,16 @@ def _choice(value, name: str, choices: tuple) -> None:
         raise ConfigError(f"{option(name)} must be one of [{', '.join(choices)}]. Got {value!r}.")
 
 
-def _whole(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{option(name)} must be a whole number of at least {minimum}. Got {value!r}.")
+def _whole(value, name: str, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+        span = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ConfigError(f"{option(name)} must be a whole number {span}. Got {value!r}.")
 
 
 def _seconds(value, name: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value > 0:
+            return float(value)
+        raise ConfigError(f"{option(name)} must be a positive duration (a number of seconds, or '100ms', '30m'). "
+                          f"Got {value!r}.")
     return parse_duration_s(value, name)

@@ -54,6 +54,11 @@ class Pipeline:
         for attr in ("build_model", "make_inputs"):
             if not callable(getattr(self, attr)):
                 raise PipelineError(f"{where}: Pipeline '{attr}' must be a function. Got {getattr(self, attr)!r}.")
+        for attr in ("build_model", "build_reference"):  # a module is callable too: the usual slip
+            value = getattr(self, attr)
+            if not isinstance(value, type) and hasattr(value, "parameters"):  # a class is a builder
+                raise PipelineError(f"{where}: Pipeline '{attr}' must be a function that returns the model, not the "
+                                    f"model ({type(value).__name__}). Write {attr}=lambda: model, or pass the builder.")
         for attr in ("evaluate", "calibration_data", "build_reference", "make_batch", "loss_fn", "blocks",
                      "make_optimizer"):
             value = getattr(self, attr)
@@ -145,14 +150,37 @@ def check_pipeline(pipeline: Pipeline) -> None:
                 f"{where}: make_inputs(2) must return tensors whose first dimension is the batch size 2; "
                 f"input {i} has shape {tuple(tensor.shape)}."
             )
-    model = pipeline.build_model().eval()
-    with torch.inference_mode():
-        outputs = _call(where, "the model's forward on make_inputs(2)", model, *inputs)
-    leaves = pytree.tree_leaves(outputs)
-    if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
-        raise PipelineError(
-            f"{where}: the model must return a tensor, or a tuple or dict of tensors. Got {type(outputs).__name__}."
-        )
+    for attr in ("build_model", "build_reference"):
+        if getattr(pipeline, attr) is None:
+            continue
+        model = getattr(pipeline, attr)().eval()
+        with torch.inference_mode():
+            outputs = _call(where, f"the forward of {attr}()'s model on make_inputs(2)", model, *inputs)
+        leaves = pytree.tree_leaves(outputs)
+        if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
+            raise PipelineError(f"{where}: the model of {attr}() must return a tensor, or a tuple or dict of tensors. "
+                                f"Got {type(outputs).__name__}.")
+        if not all(torch.isfinite(leaf).all() for leaf in leaves if leaf.is_floating_point()):
+            raise PipelineError(f"{where}: the model of {attr}() returns NaN or infinite values on make_inputs(2): "
+                                "nothing can be compared with it. Fix the model or its weights.")
+    _check_calibration(pipeline, where, len(inputs))
+
+
+def _check_calibration(pipeline: Pipeline, where: str, n_inputs: int) -> None:
+    import torch
+
+    from .candidate import calibration_batches
+
+    if pipeline.calibration_data is None:
+        return
+    batches = calibration_batches(pipeline)
+    for batch in batches:
+        if len(batch) != n_inputs or not all(isinstance(t, torch.Tensor) for t in batch):
+            raise PipelineError(f"{where}: calibration_data() must yield tuples of {n_inputs} tensor(s), like "
+                                f"make_inputs. Got ({', '.join(type(t).__name__ for t in batch)}).")
+    if not batches:
+        raise PipelineError(f"{where}: calibration_data() yielded no batch. Yield some, or drop calibration_data "
+                            "(make_inputs batches are used then).")
 
 
 def check_training(pipeline: Pipeline) -> tuple[str, int]:
@@ -185,15 +213,21 @@ def check_training(pipeline: Pipeline) -> tuple[str, int]:
 
 
 def check_metric(where: str, value: object) -> float:
+    import math
     import numbers
 
     import torch
 
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise PipelineError(f"{where}: evaluate(predict) must return a number (higher is better). Got {value!r}.")
     return float(value)
+
+
+def call_user(pipeline: Pipeline, what: str, fn: Callable, *args):
+    """A call into the user's pipeline code: what it raises becomes a PipelineError naming the file."""
+    return _call(pipeline.source or f"pipeline {pipeline.name!r}", what, fn, *args)
 
 
 def _call(where: str, what: str, fn: Callable, *args):

@@ -98,9 +98,9 @@ def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord
         out += ["## Why the runner-up lost", ""]
         if len(ranked) > 1:
             second = ranked[1]
-            gap = 1 - second.metrics["throughput"] / winner.metrics["throughput"]
+            gap = 1 - second.figures["throughput"] / winner.figures["throughput"]  # what the winner was chosen on
             out += [f"The best other feasible configuration, {_line(second, reference)}, is {gap:.1%} slower.", ""]
-        faster = [t for t in measured if not t.feasible and t.metrics["throughput"] > winner.metrics["throughput"]]
+        faster = [t for t in measured if not t.feasible and t.metrics["throughput"] > winner.figures["throughput"]]
         if faster:
             best_miss = max(faster, key=lambda t: t.metrics["throughput"])
             misses = "; ".join(targets.describe_violation(k, v) for k, v in best_miss.constraints.items() if v > 0)

@@ -34,6 +34,9 @@ class TrialState(str, Enum):
         return {"COMPLETE": cls.COMPLETE, "PRUNED": cls.PRUNED, "FAIL": cls.FAILED}.get(state.name, cls.RUNNING)
 
 
+REMEASURED = ("throughput", "latency_ms_p50", "latency_ms_p95")  # what the interleaved re-measurement re-times
+
+
 @dataclass
 class TrialRecord:
     number: int
@@ -47,6 +50,14 @@ class TrialRecord:
     log_path: str | None = None  # the worker's log while the trial is being reported
     run_id: str | None = None  # the trial's MLflow run, set by the tracker
     remeasured: dict | None = None  # figures of the end-of-search interleaved re-measurement, if any
+
+    @property
+    def figures(self) -> dict:
+        """The metrics, with the end-of-search interleaved figures in place of the trial's own where it took
+        part in that re-measurement: the figures the winner is chosen on, printed and logged as such."""
+        if not self.remeasured:
+            return self.metrics
+        return {**self.metrics, **{k: self.remeasured[k] for k in REMEASURED if k in self.remeasured}}
 
     @property
     def feasible(self) -> bool:

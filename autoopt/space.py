@@ -140,8 +140,9 @@ def load_space(ref: str | os.PathLike | None = None, device: str = "cpu", task: 
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{where} is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from exc
-    if raw is None:
-        raw = {}
+    if raw is None or raw == {}:
+        raise ConfigError(f"{where} has no knobs: a search would only measure the reference. List at least one, "
+                          f"e.g. 'batch_size: [1, 8, 32]'.")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must map knob names to domains. Got a {type(raw).__name__}.")
     unknown = [k for k in raw if k not in knobs.REGISTRY]

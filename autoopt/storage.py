@@ -33,8 +33,12 @@ def open_storage(storage: str | None, store: Path | None):
                                       f"{str(exc).splitlines()[0]}).") from exc
                 time.sleep(0.5 + random.random())
     path = Path(storage) if storage else (store or Path("mlruns").resolve()) / "optuna.journal"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as exc:
+        raise ConfigError(f"{option('storage', str(path))}: cannot write a journal file there ({exc.strerror or exc}). "
+                          "Give a writable path or an RDB URL (sqlite:///..., postgresql://...).") from exc
 
 
 def _postgres_driver_installed() -> bool:
@@ -60,3 +64,41 @@ def load_study(name: str, tracking_uri: str | os.PathLike | None = None, storage
     except KeyError:
         known = optuna.get_all_study_names(backend)
         raise ConfigError(f"No study named {name!r} in this storage. Studies: {known}.") from None
+
+
+def search_signature(space, targets, task: str, device: str) -> dict:
+    """What a study's trials were measured against: resuming or joining it with anything else mixes them."""
+    return {"task": task, "device": device,
+            "targets": {"latency_ms": targets.latency_ms, "memory_mb": targets.memory_mb,
+                        "max_accuracy_drop": targets.max_accuracy_drop},
+            "space": {name: domain.describe() for name, domain in space.domains.items()}}
+
+
+_TARGET_OPTIONS = {"latency_ms": ("target_latency", "{:g}ms"), "memory_mb": ("target_memory", "{:g}MB"),
+                   "max_accuracy_drop": ("max_accuracy_drop", "{:g}")}
+
+
+def check_resume(study, signature: dict, space_source: str) -> None:
+    """Record the signature on a new study; on an existing one, a ConfigError naming the first difference
+    (its stored constraints were computed against the old targets, its sampler knows the old space)."""
+    stored = study.user_attrs.get("search")
+    if stored is None:
+        study.set_user_attr("search", signature)
+        return
+    fix = f"Resume it with the same settings, or start a new study with {option('study', 'NEW_NAME')}."
+    name = study.study_name
+    for key in ("task", "device"):
+        if stored[key] != signature[key]:
+            raise ConfigError(f"Study {name} was searched with {option(key, stored[key])}; this run asks for "
+                              f"{option(key, signature[key])}. {fix}")
+    for key, (flag, fmt) in _TARGET_OPTIONS.items():
+        old, new = stored["targets"].get(key), signature["targets"][key]
+        if old != new:
+            was, now = (option(flag, fmt.format(v)) if v is not None else f"no {option(flag)}" for v in (old, new))
+            raise ConfigError(f"Study {name} was searched with {was}; this run asks for {now}: its trials' "
+                              f"feasibility was judged against the old targets. {fix}")
+    for knob in sorted(set(stored["space"]) | set(signature["space"])):
+        old, new = stored["space"].get(knob), signature["space"].get(knob)
+        if old != new:
+            raise ConfigError(f"Study {name} searched {knob} in {old or 'nothing'}; this run gives {new or 'nothing'} "
+                              f"(from {space_source}, {option('export')} and what this machine can run). {fix}")

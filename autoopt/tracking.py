@@ -6,6 +6,7 @@ artifacts (mlruns/artifacts). MLflow is imported lazily (it costs seconds) and i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,10 +17,19 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
+from .errors import ConfigError, option
 from .results import INTERRUPTED, TrialRecord, TrialState
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-_MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAILED: "FAILED"}
+# PRUNED shows as KILLED: stopped on purpose, at a glance apart from the trials that finished their measurement
+_MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAILED: "FAILED"}
+# Metric names in MLflow carry their unit where the record's key does not say it
+UNITS = {"throughput": "throughput_samples_per_s"}
+PARTIAL = ("latency_ms_p50", "latency_ms_p95", "throughput")  # a trial stopped early measured these over a few calls
+
+
+def metric_name(key: str, partial: bool = False) -> str:
+    return ("partial_" if partial and key in PARTIAL else "") + UNITS.get(key, key)
 
 
 def _mlflow():
@@ -36,12 +46,33 @@ def resolve_store(tracking_uri: str | os.PathLike | None) -> tuple[str, Path | N
     """(MLflow tracking URI, local store directory or None). A plain path is a store directory."""
     if tracking_uri is None or "://" not in str(tracking_uri):
         store = Path(tracking_uri if tracking_uri is not None else "mlruns").resolve()
-        store.mkdir(parents=True, exist_ok=True)
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{option('tracking_uri', str(store))}: cannot create the MLflow store there "
+                              f"({exc.strerror or exc}). Give a writable directory or a tracking server URL.") from exc
         return f"sqlite:///{store}/mlflow.db", store
     uri = str(tracking_uri)
     if uri.startswith("sqlite:///"):
         return uri, Path(uri[len("sqlite:///"):]).resolve().parent
     return uri, None
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """A tracking server that does not answer fails here in seconds, not after MLflow's minutes of retries."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return  # it answered: a server is there (one without /health, or behind a proxy)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"{option('tracking_uri', uri)}: no MLflow server answers there ({reason}). Start it "
+                          f"(mlflow server), or give a local store directory.") from exc
 
 
 def runs_filter(study_name: str) -> str:
@@ -116,7 +147,8 @@ class Tracker:
             tags["autoopt.reused_from"] = str(record.reused_from)
         if record.metrics.get("latency_unreliable"):
             tags["autoopt.unreliable"] = "latency: the timed calls stayed noisy after a repeat (see latency_cv)"
-        metrics = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float))}
+        partial = bool(record.metrics.get("stopped_early"))
+        metrics = {metric_name(k, partial): v for k, v in record.metrics.items() if isinstance(v, (int, float))}
         metrics.update({f"constraint_{k}": v for k, v in record.constraints.items()})
         self._log(run_id, metrics=metrics, tags=tags)
         if record.log_path and os.path.exists(record.log_path):
@@ -124,20 +156,47 @@ class Tracker:
         status = "KILLED" if record.reason == INTERRUPTED else _MLFLOW_STATUS[record.state]
         self.client.set_terminated(run_id, status=status)
 
-    def finish_study(self, best: TrialRecord | None, files: list[Path], interrupted: bool = False) -> None:
-        """The best trial's metrics and the report files (autoopt.report) on the parent run."""
-        tags = {"autoopt.best_trial": str(best.number) if best else "none"}
-        metrics = {f"best_{k}": v for k, v in (best.metrics if best else {}).items() if isinstance(v, (int, float))}
+    def finish_study(self, best: TrialRecord | None, files: list[Path], interrupted: bool = False,
+                     trials: list[TrialRecord] = ()) -> None:
+        """The re-measured figures on each re-measured trial's run; the winner's run tagged; the winner's
+        figures (re-measured where it was: what the CLI prints) and the report files on the parent run."""
+        for t in trials:
+            if t.remeasured and t.run_id:
+                self._log(t.run_id, metrics={f"remeasured_{metric_name(k)}": v for k, v in t.remeasured.items()
+                                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if best is not None and best.run_id:
+            self._log(best.run_id, tags={"autoopt.winner": "true"})
+        tags = {"autoopt.best_trial": str(best.number) if best else "none",
+                "autoopt.best_figures": ("re-measured interleaved" if best and best.remeasured else "the trial's own")}
+        metrics = {f"best_{metric_name(k)}": v for k, v in (best.figures if best else {}).items() if isinstance(v, (int, float))}
         self._log(self.parent_run_id, metrics=metrics, tags=tags)
         for path in files:
             self.client.log_artifact(self.parent_run_id, str(path))
         self.client.set_terminated(self.parent_run_id, status="KILLED" if interrupted else "FINISHED")
 
+    @contextlib.contextmanager
+    def failing_study(self):
+        """An exception that escapes the search closes the study's run and its open trial runs (FAILED; KILLED
+        for a Ctrl-C outside the trial loop, which handles its own), with the error as a tag: no run is left
+        RUNNING."""
+        try:
+            yield
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            error = f"{type(exc).__name__}: {exc}"[:5000]
+            for run_id in list(self._runs.values()):
+                self._log(run_id, tags={"autoopt.state": TrialState.FAILED, "autoopt.reason": f"search stopped: {error}"})
+                self.client.set_terminated(run_id, status=status)
+            self._runs.clear()
+            self._log(self.parent_run_id, tags={"autoopt.error": error})
+            self.client.set_terminated(self.parent_run_id, status=status)
+            raise
+
     def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None):
         e, now = self._entities, int(time.time() * 1000)
         self.client.log_batch(
             run_id,
-            params=[e.Param(k, str(v)) for k, v in (params or {}).items()],
+            params=[e.Param(k, str(v)) for k, v in (params or {}).items() if v is not None],  # no "None" strings
             metrics=[e.Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
             tags=[e.RunTag(k, str(v)) for k, v in (tags or {}).items()],
         )

@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 import autoopt
 from conftest import FAST, TINY_DICT, TINY_MLP
 
-TRIAL_METRICS = {"latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "throughput", "peak_memory_mb",
+TRIAL_METRICS = {"latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "throughput_samples_per_s", "peak_memory_mb",
                  "model_size_mb", "accuracy", "accuracy_drop"}
 
 
@@ -47,7 +47,7 @@ def test_every_trial_is_a_child_run_with_params_metrics_and_tags(searched):
     assert parent.info.status == "FINISHED"
     assert {"target_latency_ms", "max_accuracy_drop", "torch_version", "optuna_version", "onnxruntime_version",
             "device", "space", "pipeline"} <= set(parent.data.params)
-    assert "best_throughput" in parent.data.metrics
+    assert "best_throughput_samples_per_s" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto_front.csv", "pareto_front.png", "trials.csv", "report.md"} <= artifacts
     report = open(client.download_artifacts(parent.info.run_id, "report.md", str(store))).read()
@@ -68,15 +68,70 @@ def test_every_trial_is_a_child_run_with_params_metrics_and_tags(searched):
             assert tags["autoopt.reason"]
 
 
+def test_the_winner_run_is_tagged_and_carries_the_re_measured_figures_the_search_reports(searched):
+    result, store = searched
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tiny_mlp").experiment_id])
+    winners = [r for r in runs if r.data.tags.get("autoopt.winner") == "true"]
+    assert [int(r.data.tags["autoopt.trial"]) for r in winners] == [result.best.number]
+    assert winners[0].data.metrics["remeasured_throughput_samples_per_s"] == result.best.remeasured["throughput"]
+    assert result.best.figures["throughput"] == result.best.remeasured["throughput"]  # what the CLI prints
+    (parent,) = [r for r in runs if r.data.tags.get("autoopt.role") == "study"]
+    assert parent.data.metrics["best_throughput_samples_per_s"] == result.best.remeasured["throughput"]
+    assert parent.data.tags["autoopt.best_figures"] == "re-measured interleaved"
+    remeasured = {int(r.data.tags["autoopt.trial"]) for r in runs if "remeasured_throughput_samples_per_s" in r.data.metrics}
+    assert remeasured == {int(n) for n in result.study.user_attrs["remeasured"]}
+
+
 def test_same_study_name_resumes_and_counts_earlier_trials(searched):
     result, store = searched
-    again = autoopt.search(TINY_MLP, target_latency="1s", trials=5, seed=0, study="e2e",
-                           tracking_uri=str(store), **FAST)
+    again = autoopt.search(TINY_MLP, target_latency="1s", target_memory="2GB", max_accuracy_drop="20%", trials=5, seed=0,
+                           study="e2e", tracking_uri=str(store), **FAST)
     assert len(again.trials) == 5
     client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("tiny_mlp").experiment_id])
     assert sum(r.data.tags.get("autoopt.role") == "study" for r in runs) == 1
     assert sum(r.data.tags.get("autoopt.role") == "trial" for r in runs) == 5
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"target_latency": "20ms"}, "Study e2e was searched with target_latency='1ms'; this run asks for target_latency='20ms': "
+                                 "its trials' feasibility was judged against the old targets."),
+    ({"target_memory": None}, "Study e2e was searched with target_memory='2000MB'; this run asks for no target_memory:"),
+    ({"max_accuracy_drop": "1%"}, "Study e2e was searched with max_accuracy_drop='0.2'; this run asks for max_accuracy_drop='0.01'"),
+    ({"export": "onnx"}, "Study e2e searched compile_mode in [eager]; this run gives [eager, onnxruntime] (from "),
+    ({"space": "cpu"}, "Study e2e searched batch_size in [1, 4]; this run gives 1..256, log (from "),
+])
+def test_resuming_with_other_targets_or_another_space_is_refused_and_writes_nothing(tmp_path, write_file, change, message):
+    space = write_file("space.yaml", "batch_size: [1, 4]\n")
+    options = {"target_latency": "1ms", "target_memory": "2GB", "max_accuracy_drop": "20%", "space": space, "seed": 0,
+               "study": "e2e", "tracking_uri": str(tmp_path), **FAST}
+    autoopt.search(TINY_MLP, trials=1, **options)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    before = client.search_runs([client.get_experiment_by_name("tiny_mlp").experiment_id])
+    with pytest.raises(autoopt.ConfigError) as info:
+        autoopt.search(TINY_MLP, trials=2, **{**options, **change})
+    assert message in str(info.value)
+    assert str(info.value).endswith("Resume it with the same settings, or start a new study with study='NEW_NAME'.")
+    after = client.search_runs([client.get_experiment_by_name("tiny_mlp").experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in after] == [(r.info.run_id, r.info.status) for r in before]
+
+
+def test_an_error_during_a_search_closes_every_run_as_failed(tmp_path, write_file, monkeypatch):
+    from autoopt.runner import Runner
+
+    def broken(self, trials):
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(Runner, "remeasure", broken)
+    space = write_file("space.yaml", "batch_size: [1, 4]\n")
+    with pytest.raises(RuntimeError, match="the disk is full"):
+        autoopt.search(TINY_MLP, space=space, trials=2, seed=0, tracking_uri=str(tmp_path), **{**FAST, "remeasure_top": 1})
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tiny_mlp").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("autoopt.role") == "study"]
+    assert parent.info.status == "FAILED" and parent.data.tags["autoopt.error"] == "RuntimeError: the disk is full"
+    assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"} and len(runs) == 3
 
 
 def test_fidelity_pipeline_and_an_in_memory_pipeline(tmp_path, write_file):

@@ -26,7 +26,17 @@ def test_search_prints_trials_and_the_final_table(tmp_path):
     assert "the reference (every knob at its baseline) and the top feasible trials" in out
     assert "0* (ref)" in out and "1.00x" in out  # re-measured with the top trials at the end
     assert "* re-measured at the end, interleaved with the reference" in out
-    assert "Best: trial" in out
+    # the winner the CLI prints is the run MLflow tags, with the figure it printed
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    number, printed = re.search(r"Best: trial (\d+) \(.*\): ([\d,]+) samples/s", out.replace("\n", " ")).groups()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (winner,) = client.search_runs([client.get_experiment_by_name("tiny_mlp").experiment_id],
+                                   "tags.`autoopt.winner` = 'true'")
+    assert winner.data.tags["autoopt.trial"] == number
+    assert f"{winner.data.metrics['remeasured_throughput_samples_per_s']:,.0f}" == printed
 
 
 @pytest.mark.parametrize("flag, value, message", [

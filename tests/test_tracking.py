@@ -67,7 +67,7 @@ def test_ui_serves_the_study_runs_over_rest(tmp_path):
         trials = [t for t in tags if t.get("autoopt.role") == "trial"]
         assert len(trials) == 2 and sum(t.get("autoopt.role") == "study" for t in tags) == 1
         metrics = {m["key"] for r in runs for m in r["data"].get("metrics", [])}
-        assert {"latency_ms_p95", "throughput", "accuracy_drop"} <= metrics
+        assert {"latency_ms_p95", "throughput_samples_per_s", "accuracy_drop"} <= metrics
     finally:
         proc.terminate()  # SIGTERM: `autoopt ui` stops the MLflow server it started, children included
         proc.wait(timeout=60)

@@ -111,10 +111,11 @@ def _fx_static(model, per_channel: bool, ctx, scope: dict):
 
     torch.backends.quantized.engine = "x86"
     mapping = get_default_qconfig_mapping("x86") if per_channel else QConfigMapping().set_global(default_qconfig)
+    batches = ctx.calibration()  # outside the try: a bug in the pipeline's data is the user's error
     try:
         prepared = prepare_fx(copy.deepcopy(model), mapping, ctx.example_inputs)
         with torch.no_grad():
-            for batch in ctx.calibration():
+            for batch in batches:
                 prepared(*batch)
         return convert_fx(prepared)
     except Exception as exc:  # symbolic tracing meets control flow, observers meet integer inputs, ...
@@ -129,12 +130,13 @@ def _pt2e(model, mode: str, ctx, scope: dict):
     quantizer = xiq.X86InductorQuantizer().set_global(
         xiq.get_default_x86_inductor_quantization_config(is_dynamic=mode == "dynamic_int8")
     )
+    batches = ctx.calibration() if mode == "static_int8" else [ctx.example_inputs]  # outside the try, as above
     try:
         batch = torch.export.Dim("batch")  # calibration and serving batches differ from the example's
         exported = torch.export.export(model, ctx.example_inputs, dynamic_shapes=tuple({0: batch} for _ in ctx.example_inputs))
         prepared = prepare_pt2e(exported.module(), quantizer)
         with torch.no_grad():
-            for batch in ctx.calibration() if mode == "static_int8" else [ctx.example_inputs]:
+            for batch in batches:
                 prepared(*batch)
         converted = convert_pt2e(prepared)
     except Exception as exc:

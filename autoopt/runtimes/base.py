@@ -77,7 +77,7 @@ class BuildContext:
 
 @dataclass
 class Prepared:
-    model_size_mb: float  # size of the serialized artifact this runtime ships
+    model_size_mb: float | None  # size of the serialized artifact this runtime ships; None: unknown
     artifact: str | None = None  # path of that artifact, when the runtime wrote one
     state: dict[str, Any] = field(default_factory=dict)  # what `load` needs besides the file
 

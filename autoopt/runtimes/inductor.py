@@ -47,7 +47,7 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     try:
         size = state_dict_mb(model)
     except Exception:  # noqa: BLE001 - some quantized graph modules do not serialize their state
-        size = 0.0
+        size = None  # unknown, not zero
     return Prepared(size, state={"compiled": compiled, "dtype": dtype})
 
 
