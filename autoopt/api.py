@@ -85,7 +85,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
     from .pipeline import check_pipeline, load_pipeline
     from .report import write_report
     from .runner import Runner
-    from .storage import check_resume, open_storage, search_signature
+    from .storage import check_resume, open_storage, search_signature, set_search_meta
     from .study import open_study, run
     from .tracking import Tracker, check_reachable, resolve_store
 
@@ -107,8 +107,8 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
     tracker.start_study(name, _study_params(pipe, space, opts, ref_accuracy))
     study.set_user_attr("remeasured", {})  # figures of an earlier run of this study are stale now
     # What a later `autoopt export` needs to rebuild a trial and log the model beside the study.
-    study.set_user_attr("autoopt", {"pipeline": pipe.source, "tracking_uri": uri,
-                                    "parent_run_id": tracker.parent_run_id, "task": opts.task})
+    set_search_meta(study, {"pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id,
+                            "task": opts.task})
     with tracker.failing_study(), Runner(pipe, opts, ref_accuracy, study) as runner:
         interrupted = False
         try:
@@ -209,11 +209,16 @@ def trials(study: str, *, tracking_uri: str | os.PathLike | None = None, storage
 
 def _export_and_log(optuna_study, chosen: TrialRecord, fmt: str, out, register: str | None, pipeline):
     from .bundle import export_trial
+    from .storage import trial_meta
     from .tracking import log_exported_model
 
     result = export_trial(optuna_study, chosen, fmt, out, pipeline)
-    meta = optuna_study.user_attrs.get("autoopt", {})
-    if meta.get("parent_run_id"):
+    meta = trial_meta(optuna_study, chosen)  # the MLflow store of the machine that ran the trial
+    local = meta.get("tracking_uri", "").startswith("sqlite:///")
+    if local and not Path(meta["tracking_uri"][len("sqlite:///"):]).parent.exists():
+        log.warning("The bundle is written; its MLflow model is not logged: trial %d ran on host %s, whose MLflow store "
+                    "(%s) is not on this machine.", chosen.number, meta["host"], meta["tracking_uri"])
+    elif meta.get("parent_run_id"):
         result.manifest["mlflow_model_uri"] = log_exported_model(
             meta["tracking_uri"], meta["parent_run_id"], result.path, result.manifest, register)
     return result

@@ -29,6 +29,7 @@ from . import knobs, verifier
 from .errors import AutoOptError, ConfigError, ExportError, option
 from .results import TrialState, ranked_feasible, records
 from .runtimes import FORMATS, export_format
+from .storage import trial_meta
 
 ACCURACY_TOLERANCE = 0.005  # the recomputed metric must match the trial's within half a point
 VERIFY_TIMING_S = {"warmup_s": 0.5, "block_s": 1.0}  # the verifier's warm-up and each of its 3 timed blocks
@@ -102,7 +103,10 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
     from .pipeline import load_pipeline
 
     fmt_spec = export_format(fmt)
-    meta = study.user_attrs.get("autoopt", {})
+    meta = trial_meta(study, trial)
+    if pipeline is None and meta.get("pipeline") and not Path(meta["pipeline"]).exists():
+        raise ConfigError(f"Trial {trial.number} of study {study.study_name} ran on host {meta['host']}, whose pipeline "
+                          f"file {meta['pipeline']} is not on this machine. Export it there, or pass pipeline=.")
     pipe = pipeline or load_pipeline(meta.get("pipeline"))
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):

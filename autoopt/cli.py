@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import urllib.request
 from typing import Optional
 
 import typer
@@ -295,16 +294,7 @@ def ui(
     proc = tracking.start_ui(uri, port=port)
     console.print(f"Starting the MLflow UI on {base} (store {uri}) …", highlight=False)
     try:
-        deadline = time.monotonic() + 120
-        while not _healthy(base):
-            if proc.poll() is not None:
-                err.print(f"[bold red]error:[/] the MLflow UI exited with code {proc.returncode} (is port {port} free?).")
-                raise typer.Exit(1)
-            if time.monotonic() > deadline:
-                tracking.stop_ui(proc)
-                err.print("[bold red]error:[/] the MLflow UI did not answer within 120 s.")
-                raise typer.Exit(1)
-            time.sleep(0.5)
+        tracking.wait_ui(proc, base)
         urls = tracking.study_urls(uri, base, study)
         if urls is None:
             note = f"no study named {study!r}" if study else "no study yet"
@@ -316,17 +306,12 @@ def ui(
                           highlight=False, soft_wrap=True)
         console.print("Press Ctrl-C to stop.")
         proc.wait()
+    except AutoOptError as exc:
+        tracking.stop_ui(proc)
+        _fail(exc)
     except KeyboardInterrupt:
         tracking.stop_ui(proc)
         raise typer.Exit(130) from None
-
-
-def _healthy(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @app.callback()

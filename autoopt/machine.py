@@ -19,6 +19,14 @@ FAST_BF16 = "BF16-FAST"
 FAST_BF16_SPEEDUP = 1.2
 
 
+def host_id() -> str:
+    """This machine's name in a study shared by several machines: $AUTOOPT_HOST, else the hostname (set it
+    where machines share a hostname, e.g. containers)."""
+    import socket
+
+    return os.environ.get("AUTOOPT_HOST") or socket.gethostname()
+
+
 def available_cores() -> int:
     """The cores this process may run on (its affinity), not the machine's count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -102,3 +102,23 @@ def check_resume(study, signature: dict, space_source: str) -> None:
         if old != new:
             raise ConfigError(f"Study {name} searched {knob} in {old or 'nothing'}; this run gives {new or 'nothing'} "
                               f"(from {space_source}, {option('export')} and what this machine can run). {fix}")
+
+
+def set_search_meta(study, meta: dict) -> None:
+    """What a later export needs from this search process (pipeline file, MLflow store, parent run), kept per
+    host: machines sharing a study each have their own store, and the last writer must not win."""
+    from .machine import host_id
+
+    study.set_user_attr(f"autoopt@{host_id()}", meta)
+    study.set_user_attr("autoopt", meta)  # the latest search's, for studies of one machine
+
+
+def search_meta(study, host: str | None = None) -> dict:
+    """The meta of the search process on `host` (the one that ran a trial), else the latest search's."""
+    return study.user_attrs.get(f"autoopt@{host}") or study.user_attrs.get("autoopt", {})
+
+
+def trial_meta(study, trial) -> dict:
+    """The search meta of the host that ran `trial` (a TrialRecord), with that host's name as "host"."""
+    host = study.trials[trial.number].user_attrs.get("owner", {}).get("host")
+    return {**search_meta(study, host), "host": host or "unknown"}

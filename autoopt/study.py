@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from typing import Callable
 
 from . import knobs
+from .machine import host_id
+from .sampler import WarmStart
 from .protocol import TrialResult
 from .results import INTERRUPTED, TrialRecord, TrialState
 from .targets import Targets
 
-ABANDONED = "abandoned: the search process running it died (killed?) or stopped beating; recovered when the study resumed"
+ABANDONED = ("abandoned: the search process running it died (killed?) or stopped beating; recovered by a later or "
+             "concurrent search of the study")
 
 
 def open_study(name: str, storage, seed: int | None, space, device: str, sampler: str = "tpe"):
@@ -39,11 +41,10 @@ def open_study(name: str, storage, seed: int | None, space, device: str, sampler
     )
 
 
-# A known-good warm-start configuration serves a sample at least this many times faster than the
-# reference (measured here: 5-20x); its batch size is capped where the target could still be met.
-WARM_START_SPEEDUP = 2.0
-HEARTBEAT_S = 30.0  # a running trial's owner writes a heartbeat this often
+# A running trial's owner writes a heartbeat this often ($AUTOOPT_HEARTBEAT_S: shorter where machines come and go)
+HEARTBEAT_S = float(os.environ.get("AUTOOPT_HEARTBEAT_S", 30.0))
 STALE_S = 4 * HEARTBEAT_S  # a trial of another host whose heartbeat is older than this is abandoned
+STOP_WAIT_S = 10.0  # after Ctrl-C, how long the search waits for its jobs to mark their trials
 
 
 def run(
@@ -73,8 +74,9 @@ def run(
     if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING") for t in existing):
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
     budget = _Budget(study, n_trials, timeout_s)
+    budget.recover = lambda: _recover_abandoned(study, storage, listeners)
     if fresh and warm_start:  # a resumed study already has what these would teach
-        budget.before_ask = _WarmStart(study, space, device, targets)
+        budget.before_ask = WarmStart(study, space, device, targets)
     errors: list[BaseException] = []
 
     finished = [threading.Event() for _ in evaluators]
@@ -107,8 +109,10 @@ def run(
         budget.stop.set()
         if on_interrupt is not None:
             on_interrupt()
-        for f in finished:
-            f.wait()
+        stuck = [i for i, f in enumerate(finished) if not f.wait(STOP_WAIT_S)]
+        if stuck:  # a job blocked outside its worker: its trial stays RUNNING; the next search recovers it
+            logging.getLogger("autoopt").warning("%d job(s) did not stop within %g s; their trials are recovered by "
+                                                 "the next search of this study.", len(stuck), STOP_WAIT_S)
         for exc in errors:
             if not isinstance(exc, KeyboardInterrupt):
                 logging.getLogger("autoopt").error("a job failed while stopping: %r", exc)
@@ -119,34 +123,6 @@ def run(
         raise exc
 
 
-class _WarmStart:
-    """Enqueues the space's warm-start trials once the reference has finished: under a latency target
-    their batch size is capped by the reference's figure, so that a known-good configuration is not
-    wasted on a batch that cannot meet the target."""
-
-    def __init__(self, study, space, device: str, targets: Targets):
-        self.study, self.space, self.device, self.targets = study, space, device, targets
-        self.done = False
-
-    def __call__(self) -> None:
-        if self.done:
-            return
-        references = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("reference")]
-        if not references or not references[-1].state.is_finished():
-            return  # a parallel job asks meanwhile: it samples; these come on the next ask after it
-        self.done = True
-        reference = references[-1]  # a resumed study's earlier reference may have failed
-        p95 = reference.user_attrs.get("metrics", {}).get("latency_ms_p95")
-        max_batch = None
-        if self.targets.latency_ms is not None and p95:
-            per_sample_ms = p95 / reference.params.get("batch_size", 1)
-            max_batch = self.targets.latency_ms / per_sample_ms * WARM_START_SPEEDUP
-        from .machine import search_features
-
-        for config in self.space.warm_start(self.device, max_batch, search_features(self.device)):
-            self.study.enqueue_trial(config, user_attrs={"warm_start": True})
-
-
 class _Budget:
     """Hands out trials to the job threads: at most `n_trials` finished plus running in the study."""
 
@@ -154,6 +130,7 @@ class _Budget:
         import threading
 
         self.before_ask: Callable[[], None] = lambda: None
+        self.recover: Callable[[], None] = lambda: None  # abandoned trials of other processes, checked each beat
         self.study, self.n_trials, self.timeout_s = study, n_trials, timeout_s
         self.started = time.monotonic()
         self.lock = threading.Lock()
@@ -164,13 +141,14 @@ class _Budget:
         with self.lock:
             if self.stop.is_set() or (self.timeout_s is not None and time.monotonic() - self.started >= self.timeout_s):
                 return None
-            states = [t.state for t in self.study.get_trials(deepcopy=False)]
-            if sum(s.is_finished() or s.name == "RUNNING" for s in states) >= self.n_trials:
+            # an abandoned trial (its machine died) did not use the budget: another takes its place
+            if sum((t.state.is_finished() and t.user_attrs.get("reason") != ABANDONED) or t.state.name == "RUNNING"
+                   for t in self.study.get_trials(deepcopy=False)) >= self.n_trials:
                 return None
             self.before_ask()
             trial = self.study.ask()
             now = time.time()
-            trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid(), "since": now})
+            trial.set_user_attr("owner", {"host": host_id(), "pid": os.getpid(), "since": now})
             trial.set_user_attr("heartbeat", now)
             self.running[trial.number] = trial
             return trial
@@ -189,6 +167,10 @@ class _Budget:
                     trial.set_user_attr("heartbeat", time.time())
                 except Exception:  # noqa: BLE001 - finished meanwhile; a missed beat is harmless
                     pass
+            try:
+                self.recover()
+            except Exception as exc:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+                logging.getLogger("autoopt").warning("recovering abandoned trials failed: %r", exc)
 
 
 def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, listeners: list) -> None:
@@ -264,7 +246,7 @@ def _recover_abandoned(study, storage, listeners: list) -> None:
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         owner = t.user_attrs.get("owner") or {}
-        if owner.get("host") == socket.gethostname():
+        if owner.get("host") == host_id():
             if _alive(owner.get("pid")):
                 continue
         elif time.time() - float(t.user_attrs.get("heartbeat", owner.get("since", 0))) < STALE_S:
@@ -273,10 +255,17 @@ def _recover_abandoned(study, storage, listeners: list) -> None:
             study_id = storage.get_study_id_from_name(study.study_name)
             storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
                                         "reason", ABANDONED)
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        try:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        except (RuntimeError, ValueError):  # another survivor recovered it first
+            continue
+        if t.user_attrs.get("reference"):  # the study needs one: measured again by whoever asks next
+            study.enqueue_trial(dict(t.params), user_attrs={"reference": True})
         record = TrialRecord(t.number, dict(t.params), TrialState.FAILED, reason=ABANDONED,
                              reference=bool(t.user_attrs.get("reference")), run_id=t.user_attrs.get("mlflow_run_id"))
-        _notify(listeners, "trial_recovered", record)
+        from .storage import search_meta
+
+        _notify(listeners, "trial_recovered", record, search_meta(study, owner.get("host")))
 
 
 def _alive(pid) -> bool:

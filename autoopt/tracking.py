@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import ConfigError, option
 from .results import INTERRUPTED, TrialRecord, TrialState
 
+log = logging.getLogger("autoopt")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # PRUNED shows as KILLED: stopped on purpose, at a glance apart from the trials that finished their measurement
 _MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAILED: "FAILED"}
@@ -100,6 +101,7 @@ class Tracker:
         self.parent_run_id: str | None = None
         self.study_name: str | None = None
         self._runs: dict[int, str] = {}
+        self._created: set[str] = set()  # trial runs of this process: other machines' live in their own stores
 
     def start_study(self, study_name: str, params: dict) -> str:
         """The study's parent run: created once, reopened when the study is resumed or joined by
@@ -129,14 +131,29 @@ class Tracker:
             },
         )
         self._runs[record.number] = record.run_id = run.info.run_id
+        self._created.add(run.info.run_id)
         self._log(run.info.run_id, params=record.config)
 
-    def trial_recovered(self, record: TrialRecord) -> None:
-        """A trial abandoned by a dead search process: close its run (if it got one) as FAILED."""
-        if record.run_id:
+    def trial_recovered(self, record: TrialRecord, owner: dict | None = None) -> None:
+        """A trial abandoned by a dead search process: close its run (if it got one) as FAILED, and that
+        process's study run, in the MLflow store of the process that ran it (`owner`: its search meta)."""
+        if not record.run_id:
+            return
+        from mlflow.tracking import MlflowClient
+
+        uri = (owner or {}).get("tracking_uri") or self.uri
+        client = self.client if uri == self.uri else MlflowClient(tracking_uri=uri)
+        try:
             self._log(record.run_id, tags={"autoopt.state": record.state, "autoopt.feasible": "false",
-                                           "autoopt.reason": record.reason})
-            self.client.set_terminated(record.run_id, status="FAILED")
+                                           "autoopt.reason": record.reason}, client=client)
+            client.set_terminated(record.run_id, status="FAILED")
+            parent = (owner or {}).get("parent_run_id")
+            if parent and parent != self.parent_run_id and client.get_run(parent).info.status == "RUNNING":
+                self._log(parent, tags={"autoopt.error": "the search process died; its trials were recovered"},
+                          client=client)
+                client.set_terminated(parent, status="FAILED")
+        except Exception as exc:  # noqa: BLE001 - the other machine's store may be out of reach from here
+            log.warning("trial %d: its MLflow run in %s could not be closed (%s)", record.number, uri, exc)
 
     def trial_finished(self, record: TrialRecord) -> None:
         run_id = self._runs.pop(record.number)
@@ -161,10 +178,10 @@ class Tracker:
         """The re-measured figures on each re-measured trial's run; the winner's run tagged; the winner's
         figures (re-measured where it was: what the CLI prints) and the report files on the parent run."""
         for t in trials:
-            if t.remeasured and t.run_id:
+            if t.remeasured and t.run_id in self._created:
                 self._log(t.run_id, metrics={f"remeasured_{metric_name(k)}": v for k, v in t.remeasured.items()
                                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        if best is not None and best.run_id:
+        if best is not None and best.run_id in self._created:
             self._log(best.run_id, tags={"autoopt.winner": "true"})
         tags = {"autoopt.best_trial": str(best.number) if best else "none",
                 "autoopt.best_figures": ("re-measured interleaved" if best and best.remeasured else "the trial's own")}
@@ -192,9 +209,10 @@ class Tracker:
             self.client.set_terminated(self.parent_run_id, status=status)
             raise
 
-    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None):
+    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None,
+             client=None):
         e, now = self._entities, int(time.time() * 1000)
-        self.client.log_batch(
+        (client or self.client).log_batch(
             run_id,
             params=[e.Param(k, str(v)) for k, v in (params or {}).items() if v is not None],  # no "None" strings
             metrics=[e.Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
@@ -209,6 +227,27 @@ def start_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, **pop
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
            "--host", host, "--port", str(port), "--workers", "1"]
     return subprocess.Popen(cmd, env=env, start_new_session=True, **popen)
+
+
+def wait_ui(proc: subprocess.Popen, base: str, timeout_s: float = 120.0) -> None:
+    """Until the UI answers on `base`; an AutoOptError when it exits first or stays silent."""
+    import urllib.request
+
+    from .errors import AutoOptError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise AutoOptError(f"the MLflow UI exited with code {proc.returncode} (is the port of {base} free?).")
+        if time.monotonic() > deadline:
+            raise AutoOptError(f"the MLflow UI did not answer within {timeout_s:g} s.")
+        time.sleep(0.5)
 
 
 def stop_ui(proc: subprocess.Popen) -> None:

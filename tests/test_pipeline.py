@@ -90,7 +90,7 @@ def test_build_model_raises(write_file):
 def test_model_returns_a_string(write_file):
     path = write_file("p.py", HEADER + GOOD_FUNCS + "class M(torch.nn.Module):\n    def forward(self, x):\n        return 'no'\n"
                       "PIPELINE = autoopt.Pipeline('p', M, make_inputs)\n")
-    assert _error(path) == f"{path}: the model must return a tensor, or a tuple or dict of tensors. Got str."
+    assert _error(path) == f"{path}: the model of build_model() must return a tensor, or a tuple or dict of tensors. Got str."
 
 
 def test_pipeline_fields_are_validated(write_file):
