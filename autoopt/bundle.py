@@ -8,7 +8,8 @@ was measured; its `ExportFormat` says how the file is checked, loaded and logged
 Verification: the format's structural check; a fresh process that cannot import autoopt (verifier.py)
 loads the file with the format's plain loader, runs the pipeline's inputs at two batch sizes, and
 re-times the trial's batch size under the recorded malloc environment (and once more without it, for
-the record); outputs are compared with the reference model within the tolerance the trial's knobs
+the record); outputs are compared with the original model (build_model, fp32 eager: what the knobs
+transformed; build_reference is the metric's yardstick only) within the tolerance the trial's knobs
 declare, and the pipeline's metric is recomputed on the exported file. Any mismatch fails the export
 with the numbers and leaves nothing behind.
 """
@@ -73,6 +74,11 @@ def check_format(fmt: str, name: str = "format") -> str:
 
 def select_trial(study, number: int | None, fmt: str):
     """The trial to export: `number`, or the best feasible one; its runtime must suit the format."""
+    device = study.user_attrs.get("search", {}).get("device", "cpu")
+    if device != "cpu":  # the export builds, verifies and re-times on the CPU: it would ship something else
+        raise ConfigError(f"Study {study.study_name} ran its trials on {device}; export builds, verifies and re-times "
+                          f"on the CPU, so it would ship a model other than the one measured. Search with "
+                          f"{option('device', 'cpu')} to export.")
     trials = records(study)
     runtime = FORMATS[fmt]
     carried = [t for t in ranked_feasible(trials) if t.config.get("compile_mode") == runtime]
@@ -128,7 +134,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
         for extra in tmp.iterdir():  # intermediate files of the build
             if extra not in shipped:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
-        reference = pipe.reference_model().eval()
+        reference = pipe.build_model().eval()  # the export transforms build_model; build_reference only scores
         manifest = {
             **model_manifest(fmt, config, prepared, reference, pipe.make_inputs(2)),
             "metrics": {k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
@@ -194,7 +200,7 @@ def _output_structure(model, example) -> dict:
 
 
 def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
-    """Load and run the bundle in a fresh process that cannot import autoopt; compare with the reference."""
+    """Load and run the bundle in a fresh process that cannot import autoopt; compare with the original model."""
     import numpy as np
     import torch
 
@@ -223,7 +229,7 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
                 cos = float(torch.nn.functional.cosine_similarity(value.reshape(1, -1), ref.reshape(1, -1)))
                 worst_cos, worst_err = min(worst_cos, cos), max(worst_err, err)
                 if cos < min_cos or err > rel * max(1.0, float(ref.abs().max())):
-                    raise ExportError(f"output {key!r} at batch {b} differs from the reference: max abs error "
+                    raise ExportError(f"output {key!r} at batch {b} differs from the original model: max abs error "
                                       f"{err:.3g}, cosine {cos:.6f} (needs cosine >= {min_cos})")
         return {"batches": batches, "max_abs_error": worst_err, "min_cosine": worst_cos,
                 "fresh_process_latency_ms_p50": report["latency_ms_p50"],

@@ -48,7 +48,7 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     runtime = runtimes.get(config["compile_mode"])
     ctx = runtimes.BuildContext(
         device=device, threads=threads, workdir=workdir, example_inputs=pipeline.make_inputs(2),
-        batch_inputs=batch_inputs, calibration=lambda: calibration_batches(pipeline),
+        batch_inputs=batch_inputs, calibration=lambda: calibration_batches(pipeline), make_inputs=pipeline.make_inputs,
     )
     started = time.perf_counter()
     model = knobs.apply_model_knobs(pipeline.build_model().eval(), config, ctx, runtime.REALIZES)

@@ -150,13 +150,20 @@ def check_pipeline(pipeline: Pipeline) -> None:
                 f"{where}: make_inputs(2) must return tensors whose first dimension is the batch size 2; "
                 f"input {i} has shape {tuple(tensor.shape)}."
             )
+    structure = None
     for attr in ("build_model", "build_reference"):
         if getattr(pipeline, attr) is None:
             continue
         model = getattr(pipeline, attr)().eval()
         with torch.inference_mode():
             outputs = _call(where, f"the forward of {attr}()'s model on make_inputs(2)", model, *inputs)
-        leaves = pytree.tree_leaves(outputs)
+        leaves, spec = pytree.tree_flatten(outputs)
+        shapes = [tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
+        if structure is not None and structure != (spec, shapes):
+            raise PipelineError(f"{where}: build_reference()'s model must return what build_model()'s returns (the same "
+                                f"structure and shapes: it is the yardstick of the same task). Got {shapes} from it and "
+                                f"{structure[1]} from build_model().")
+        structure = structure or (spec, shapes)
         if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
             raise PipelineError(f"{where}: the model of {attr}() must return a tensor, or a tuple or dict of tensors. "
                                 f"Got {type(outputs).__name__}.")

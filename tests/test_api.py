@@ -224,3 +224,22 @@ def test_the_grid_sampler_visits_every_combination_once(tmp_path, write_file):
     ranged = write_file("ranged.yaml", "batch_size: {low: 1, high: 8}\n")
     with pytest.raises(autoopt.ConfigError, match="sampler='grid' needs list domains; .* gives batch_size a range"):
         autoopt.search(TINY_MLP, space=ranged, sampler="grid", tracking_uri=str(tmp_path))
+
+
+def test_a_reference_that_differs_scores_the_metric_and_the_export_follows_build_model(tmp_path, write_file):
+    from conftest import TESTS
+
+    pipeline = str(TESTS / "pipelines" / "with_reference.py")
+    space = write_file("space.yaml", "batch_size: [1, 4]\n")
+    result = autoopt.search(pipeline, space=space, trials=2, seed=0, max_accuracy_drop="100%", export="onnx",
+                            out=str(tmp_path / "bundle"), tracking_uri=str(tmp_path / "ml"), **FAST)
+    assert result.reference_accuracy == 1.0  # the teacher agrees with itself
+    assert result.trials[0].metrics["accuracy"] < 0.9  # the student, judged by the teacher
+    manifest = result.exported.manifest
+    assert manifest["verification"]["max_abs_error"] < 1e-3  # against build_model, not the teacher
+    student = autoopt.load(tmp_path / "bundle")
+    x = autoopt.load_pipeline(pipeline).make_inputs(3)
+    import torch
+
+    with torch.inference_mode():
+        torch.testing.assert_close(student(*x), autoopt.load_pipeline(pipeline).build_model()(*x), atol=1e-4, rtol=1e-4)

@@ -133,3 +133,29 @@ def test_cli_export_and_trials(onnx_study):
     assert bad.exit_code == 2 and "--format must be one of [onnx, openvino, torchscript]. Got 'tflite'." in bad.output
     missing = runner.invoke(app, ["trials", "--study", "nope", "--tracking-uri", str(root / "store")])
     assert missing.exit_code == 2 and "No study named 'nope'" in missing.output
+
+
+def test_a_study_measured_on_cuda_is_not_exported_as_something_else():
+    import optuna
+
+    from autoopt.bundle import select_trial
+
+    study = optuna.create_study(study_name="gpu-study")
+    study.set_user_attr("search", {"device": "cuda"})
+    with pytest.raises(autoopt.ConfigError, match="ran its trials on cuda; export builds, verifies and re-times on the CPU"):
+        select_trial(study, None, "onnx")
+
+
+def test_onnxruntime_without_its_cuda_provider_is_not_labelled_cuda(tmp_path):
+    import onnxruntime
+    import torch
+
+    from autoopt.errors import Unsupported
+    from autoopt.runtimes.onnxruntime import export_onnx, session
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA build")
+    path = str(tmp_path / "m.onnx")
+    export_onnx(torch.nn.Linear(4, 2).eval(), (torch.randn(2, 4),), path)
+    with pytest.raises(Unsupported, match="the CUDA execution provider is not active"):
+        session(path, 1, "cuda")

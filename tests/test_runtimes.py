@@ -207,6 +207,24 @@ def test_torchscript_falls_back_to_scripting_for_data_dependent_control_flow(tmp
     torch.testing.assert_close(module(negative), model(negative))
 
 
+def test_a_trace_is_checked_on_odd_batch_sizes_and_calibration_data_before_it_is_trusted(tmp_path):
+    class OddBranch(torch.nn.Module):  # the trial's batch and the calibration batches are even: one branch only
+        def forward(self, x):
+            return x * 2 if x.shape[0] % 2 else -x
+
+    def make_inputs(b):
+        return (torch.ones(b, 4),)
+
+    ctx = runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path), example_inputs=make_inputs(2),
+                                batch_inputs=make_inputs(8), calibration=lambda: [make_inputs(32)], make_inputs=make_inputs)
+    config = {**knobs.reference_config(), "compile_mode": "torchscript"}
+    runtime = runtimes.get("torchscript")
+    prepared = runtime.prepare(OddBranch(), config, ctx)
+    assert prepared.state["how"].startswith("script")  # the trace was wrong at batch 3, so it was scripted
+    predict = runtime.load(prepared, config, ctx).predict
+    assert torch.equal(predict(*make_inputs(3)), 2 * torch.ones(3, 4)) and torch.equal(predict(*make_inputs(4)), -torch.ones(4, 4))
+
+
 def test_torchscript_ships_dynamic_int8(tmp_path):
     pipe = load_pipeline(TINY_MLP)
     built, prepared = build("torchscript", pipe, tmp_path, quantization="dynamic_int8")

@@ -62,7 +62,7 @@ def test_abandoned_trials_are_found_by_pid_here_and_by_heartbeat_elsewhere():
     recovered = []
 
     class Listener:
-        def trial_recovered(self, record):
+        def trial_recovered(self, record, owner):
             recovered.append(record.number)
 
     _recover_abandoned(study, study._storage, [Listener()])

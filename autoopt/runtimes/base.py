@@ -73,6 +73,15 @@ class BuildContext:
     example_inputs: tuple = ()  # a batch of 2 (tracing, export: batch 1 would specialize the axis)
     batch_inputs: tuple = ()  # the trial's batch (compilation for the measured shape)
     calibration: Callable[[], list] = list  # representative input batches (static quantization)
+    make_inputs: Callable[[int], tuple] | None = None  # the pipeline's, for checks at other batch sizes
+
+    def check_batches(self) -> list[tuple]:
+        """Inputs to check a graph capture on (a trace follows one path through data-dependent branches):
+        the trial's batch, odd and even batch sizes (as the export verifier uses) and calibration batches."""
+        batches = [self.batch_inputs] if self.batch_inputs else []
+        if self.make_inputs is not None:
+            batches += [self.make_inputs(b) for b in (1, 3, 5)]
+        return batches + list(self.calibration())[:4]
 
 
 @dataclass

@@ -159,7 +159,12 @@ def session(path: str, threads: int, device: str = "cpu", graph_fusion: str = "b
         onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC if graph_fusion == "none"
         else onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
-    return onnxruntime.InferenceSession(path, options, providers=_providers(device))
+    sess = onnxruntime.InferenceSession(path, options, providers=_providers(device))
+    if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        # ORT falls back to the CPU silently: a CPU figure must not be labelled CUDA
+        raise Unsupported("onnxruntime on cuda: the CUDA execution provider is not active (the onnxruntime package has "
+                          "no CUDA build here: pip install onnxruntime-gpu)", {"compile_mode": "onnxruntime"})
+    return sess
 
 
 def predictor(sess, names: list[str], spec):

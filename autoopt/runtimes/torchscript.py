@@ -79,7 +79,7 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
 def _build(model, config: dict, ctx: BuildContext, cast) -> tuple[str, str]:
     import torch
 
-    checks = [cast(ctx.batch_inputs)] + [cast(b) for b in list(ctx.calibration())[:1]]
+    checks = [cast(b) for b in ctx.check_batches()]
     scope = {"compile_mode": "torchscript", "quantization": config.get("quantization", "none"),
              "precision": config.get("precision", "fp32")}
     module, how = script_module(model, cast(ctx.example_inputs), checks, scope)
