@@ -57,7 +57,7 @@ def test_crash_exception_hang_and_memory_hog_end_their_trials_and_the_search_goe
     runs = client.search_runs([result.experiment_id], "tags.`autoopt.role` = 'trial'")
     reasons = {r.data.tags["autoopt.trial"]: (r.info.status, r.data.tags.get("autoopt.reason")) for r in runs}
     assert reasons[str(by_batch[3].number)] == ("FAILED", "crashed: SIGABRT")
-    assert reasons[str(by_batch[12].number)][0] == "FINISHED" and reasons[str(by_batch[12].number)][1].startswith("memory")
+    assert reasons[str(by_batch[12].number)][0] == "KILLED" and reasons[str(by_batch[12].number)][1].startswith("memory")
 
 
 @pytest.mark.slow
