@@ -1,10 +1,10 @@
 """The Optuna study: maximize throughput subject to latency, memory and accuracy-drop constraints.
 
-The ask/tell loop with its budget (trials, timeout, `--jobs` threads), the warm start, heartbeats and
-the recovery of abandoned trials, and the look-ups that spare a trial (a conflict, an earlier failure
-that covers it, an earlier identical measurement). The reference configuration is always trial 0.
-Each trial's outcome lives in Optuna's storage (see results.py). Listeners (MLflow tracking, progress
-output) are told when a trial starts and finishes.
+The ask/tell loop with its budget (trials, timeout, `--jobs` threads), the warm start (sampler.WarmStart),
+heartbeats and the recovery of abandoned trials (at start and on every beat), and the look-ups that
+spare a trial (a conflict, an earlier failure that covers it, an earlier identical measurement). The
+reference configuration is always trial 0. Each trial's outcome lives in Optuna's storage (see
+results.py). Listeners (MLflow tracking, progress output) are told when a trial starts and finishes.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Callable
 
 from . import knobs
 from .machine import host_id
-from .sampler import WarmStart
 from .protocol import TrialResult
 from .results import INTERRUPTED, TrialRecord, TrialState
+from .sampler import WarmStart
 from .targets import Targets
 
 ABANDONED = ("abandoned: the search process running it died (killed?) or stopped beating; recovered by a later or "
