@@ -9,6 +9,7 @@ measure.device_lock). A candidate already past a target stops early (measure.Ove
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import statistics
 import time
@@ -48,7 +49,9 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     runtime = runtimes.get(config["compile_mode"])
     ctx = runtimes.BuildContext(
         device=device, threads=threads, workdir=workdir, example_inputs=pipeline.make_inputs(2),
-        batch_inputs=batch_inputs, calibration=lambda: calibration_batches(pipeline), make_inputs=pipeline.make_inputs,
+        batch_inputs=batch_inputs, make_inputs=pipeline.make_inputs,
+        # once per build: quantization and the trace check may both ask (the user's data read once)
+        calibration=functools.cache(lambda: calibration_batches(pipeline)),
     )
     started = time.perf_counter()
     model = knobs.apply_model_knobs(pipeline.build_model().eval(), config, ctx, runtime.REALIZES)

@@ -133,11 +133,12 @@ def check_pipeline(pipeline: Pipeline) -> None:
     from torch.utils import _pytree as pytree
 
     where = pipeline.source or f"pipeline {pipeline.name!r}"
+    models = {}  # built once here: a builder may train or download
     for attr in ("build_model", "build_reference"):
         fn = getattr(pipeline, attr)
         if fn is None:
             continue
-        model = _call(where, attr, fn)
+        models[attr] = model = _call(where, attr, fn)
         if not isinstance(model, torch.nn.Module):
             raise PipelineError(f"{where}: {attr}() must return a torch.nn.Module. Got {type(model).__name__}.")
     inputs = _call(where, "make_inputs", pipeline.make_inputs, 2)
@@ -151,10 +152,8 @@ def check_pipeline(pipeline: Pipeline) -> None:
                 f"input {i} has shape {tuple(tensor.shape)}."
             )
     structure = None
-    for attr in ("build_model", "build_reference"):
-        if getattr(pipeline, attr) is None:
-            continue
-        model = getattr(pipeline, attr)().eval()
+    for attr, model in models.items():
+        model.eval()
         with torch.inference_mode():
             outputs = _call(where, f"the forward of {attr}()'s model on make_inputs(2)", model, *inputs)
         leaves, spec = pytree.tree_flatten(outputs)

@@ -120,5 +120,5 @@ def search_meta(study, host: str | None = None) -> dict:
 
 def trial_meta(study, trial) -> dict:
     """The search meta of the host that ran `trial` (a TrialRecord), with that host's name as "host"."""
-    host = study.trials[trial.number].user_attrs.get("owner", {}).get("host")
+    host = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("owner", {}).get("host")
     return {**search_meta(study, host), "host": host or "unknown"}

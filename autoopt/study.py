@@ -19,6 +19,7 @@ from .machine import host_id
 from .protocol import TrialResult
 from .results import INTERRUPTED, TrialRecord, TrialState
 from .sampler import WarmStart
+from .storage import search_meta
 from .targets import Targets
 
 ABANDONED = ("abandoned: the search process running it died (killed?) or stopped beating; recovered by a later or "
@@ -263,8 +264,6 @@ def _recover_abandoned(study, storage, listeners: list) -> None:
             study.enqueue_trial(dict(t.params), user_attrs={"reference": True})
         record = TrialRecord(t.number, dict(t.params), TrialState.FAILED, reason=ABANDONED,
                              reference=bool(t.user_attrs.get("reference")), run_id=t.user_attrs.get("mlflow_run_id"))
-        from .storage import search_meta
-
         _notify(listeners, "trial_recovered", record, search_meta(study, owner.get("host")))
 
 

@@ -12,20 +12,18 @@ Prints a table per pipeline and writes benchmarks/results/knobs.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import warnings
-from pathlib import Path
 
 import torch
 
 from autoopt import knobs
 from autoopt.accuracy import candidate_accuracy
 from autoopt.errors import Unsupported
-from autoopt.machine import cpu_description, cpu_info
+from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
 from autoopt.candidate import build_candidate
-from interleave import time_interleaved
+from common import report, time_interleaved
 
 BATCHES = (1, 32)
 
@@ -162,13 +160,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     print(f"CPU: {cpu_description()}", flush=True)
     results = [run(name, args.rounds) for name in args.pipelines]
-    print(f"\nCPU: {cpu_description()}")
-    for result in results:
-        print_table(result)
-    out = Path(__file__).parent / "results" / "knobs.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": cpu_info(), "pipelines": results}, indent=2, default=str))
-    print(f"\nwrote {out}")
+    report("knobs", results, print_table)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,16 @@ model meets while staying faster than f32.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 import warnings
-from pathlib import Path
 
 from autoopt.accuracy import candidate_accuracy, reference_accuracy
 from autoopt.candidate import calibration_batches
-from autoopt.machine import cpu_description, cpu_info
+from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import openvino as ov_runtime
-from interleave import time_interleaved
+from common import report, time_interleaved
 
 BATCHES = (1, 32)
 
@@ -112,13 +110,7 @@ def main() -> None:
     logging.getLogger("nncf").setLevel(logging.WARNING)
     print(f"CPU: {cpu_description()}", flush=True)
     results = [run(name, args.max_drop, args.rounds) for name in args.pipelines]
-    print(f"\nCPU: {cpu_description()}")
-    for result in results:
-        print_table(result)
-    out = Path(__file__).parent / "results" / "nncf_accuracy_control.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": cpu_info(), "pipelines": results}, indent=2, default=str))
-    print(f"\nwrote {out}")
+    report("nncf_accuracy_control", results, print_table)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ pipeline, and writes benchmarks/results/vs_runtimes.json. The goal (issue 13): t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -33,12 +32,12 @@ import autoopt
 from autoopt import knobs
 from autoopt.accuracy import candidate_accuracy
 from autoopt.candidate import build_candidate
-from autoopt.machine import cpu_description, cpu_info
+from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import onnxruntime as ort_runtime
 from autoopt.runtimes import openvino as ov_runtime
 from autoopt.runtimes.base import flattened, torch_predictor
-from interleave import time_interleaved
+from common import report, time_interleaved
 
 
 def search(name: str, args) -> dict:
@@ -159,13 +158,7 @@ def main() -> None:
     logging.getLogger("autoopt").setLevel(logging.WARNING)
     print(f"CPU: {cpu_description()}", flush=True)
     results = [run(name, args) for name in args.pipelines]
-    print(f"\nCPU: {cpu_description()}")
-    for result in results:
-        print_table(result)
-    out = Path(__file__).parent / "results" / "vs_runtimes.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": cpu_info(), "args": vars(args), "pipelines": results}, indent=2, default=str))
-    print(f"\nwrote {out}")
+    report("vs_runtimes", results, print_table, args=vars(args))
 
 
 if __name__ == "__main__":

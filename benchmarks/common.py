@@ -1,13 +1,18 @@
-"""Interleaved timing for the benchmarks: every variant runs a block of calls in turn, round after round,
-so that machine noise (another process, a frequency change) hits them alike and ratios hold within one run."""
+"""What the benchmarks share. Interleaved timing: every variant runs a block of calls in turn, round after
+round, so that machine noise (another process, a frequency change) hits them alike and ratios hold within
+one run. The closing report: the CPU, a table per pipeline and benchmarks/results/<name>.json."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
 
+from autoopt.machine import cpu_description, cpu_info
 from autoopt.measure import percentile
 
 BLOCK_S = 0.03  # time per variant per round
@@ -49,3 +54,14 @@ def time_interleaved(variants: list[dict], inputs: tuple, rounds: int) -> dict[i
 def _threads(variant: dict) -> None:
     if variant.get("threads") is not None:
         torch.set_num_threads(variant["threads"])
+
+
+def report(name: str, results: list[dict], print_table: Callable[[dict], None], **extra) -> None:
+    """Print the CPU and a table per result; write them, the machine and `extra` to results/<name>.json."""
+    print(f"\nCPU: {cpu_description()}")
+    for result in results:
+        print_table(result)
+    out = Path(__file__).parent / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": cpu_info(), **extra, "pipelines": results}, indent=2, default=str))
+    print(f"\nwrote {out}")
