@@ -31,6 +31,7 @@ class SearchResult:
     experiment_id: str
     parent_run_id: str
     interrupted: bool = False  # Ctrl-C stopped the search; `trials` holds what finished
+    export_interrupted: bool = False  # Ctrl-C stopped the export of a finished search: nothing was written
     exported: object = None  # the ExportResult when the search was asked to export
     task: str = "infer"
 
@@ -127,7 +128,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
                              f"Study {name} ({pipe.name}, task {opts.task})")
         tracker.finish_study(result.best, files, interrupted, result.trials)
     if opts.export is not None and not interrupted:
-        result.exported = _export_winner(study, opts, pipe, name)
+        _export_winner(result, opts, pipe)
     return result
 
 
@@ -168,16 +169,21 @@ def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) 
     }
 
 
-def _export_winner(study, opts: SearchOptions, pipe, name: str):
-    """The best exportable trial of a finished search, exported; None (with a warning) when none met the targets."""
+def _export_winner(result: SearchResult, opts: SearchOptions, pipe) -> None:
+    """Export the best exportable trial of a finished search into `result.exported`; None (with a
+    warning) when none met the targets."""
     from .bundle import select_trial
 
     try:
-        chosen = select_trial(study, None, opts.export)
+        chosen = select_trial(result.study, None, opts.export)
     except ConfigError as exc:  # nothing exportable met the targets: reported like no feasible trial
         log.warning("Nothing exported: %s", exc)
-        return None
-    return _export_and_log(study, chosen, opts.export, opts.out or Path("exports") / name, opts.register, pipe)
+        return
+    out = opts.out or Path("exports") / result.study_name
+    try:
+        result.exported = _export_and_log(result.study, chosen, opts.export, out, opts.register, pipe)
+    except KeyboardInterrupt:  # the search is complete and stored; only the bundle is missing
+        result.export_interrupted = True
 
 
 def export(study: str, *, trial: int | None = None, format: str = "onnx", out: str | os.PathLike | None = None,

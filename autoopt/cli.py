@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Optional
 
 import typer
@@ -14,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import AutoOptError
+from .progress import Progress
 from .results import TrialState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -32,67 +32,6 @@ def _describe(config: dict) -> str:
     from .knobs import describe  # imports torch: only once a search runs
 
     return describe(config)
-
-
-class Progress:
-    """Prints one line per finished trial; shows the running trials on a terminal. Called from the
-    job threads (--jobs), hence the lock."""
-
-    def __init__(self, console: Console, total: int):
-        import threading
-
-        self.console = console
-        self.total = total
-        self.status = None
-        self.running: dict[int, tuple[float, str]] = {}  # number -> (start, text)
-        self.lock = threading.Lock()
-
-    def _show(self) -> None:
-        if not self.console.is_terminal:
-            return
-        if not self.running:
-            if self.status is not None:
-                self.status.stop()
-                self.status = None
-            return
-        text = "; ".join(text for _, text in self.running.values())
-        if self.status is None:
-            self.status = self.console.status(text)
-            self.status.start()
-        else:
-            self.status.update(text)
-
-    def trial_started(self, record) -> None:
-        text = (f"trial {record.number + 1}/{self.total}{' (reference)' if record.reference else ''}: "
-                f"{escape(_describe(record.config))}")
-        with self.lock:
-            self.running[record.number] = (time.monotonic(), text)
-            self._show()
-
-    def trial_finished(self, record) -> None:
-        with self.lock:
-            started, _ = self.running.pop(record.number, (time.monotonic(), ""))
-            self._print(record, time.monotonic() - started)
-            self._show()
-
-    def _print(self, record, seconds: float) -> None:
-        head = f"#{record.number:<3} {_describe(record.config)}"
-        took = f"  [dim]{seconds:.1f} s[/]"
-        if record.state == TrialState.COMPLETE:
-            m = record.metrics
-            mark = "[green]feasible[/]" if record.feasible else "[yellow]infeasible[/]"
-            reused = f" (same as #{record.reused_from})" if record.reused_from is not None else ""
-            if "grad_cosine" in m:  # a training step
-                what = (f"step p95 {m['latency_ms_p95']:.1f} ms  {m['throughput']:,.0f} samples/s  "
-                        f"mem {m['peak_memory_mb']:.1f} MB  loss dev {m['accuracy_drop']:.4f} grad cos {m['grad_cosine']:.4f}")
-            else:
-                what = (f"p95 {m['latency_ms_p95']:.2f} ms  {m['throughput']:,.0f}/s  mem {m['peak_memory_mb']:.1f} MB  "
-                        f"acc {m['accuracy']:.4f} (drop {m['accuracy_drop']:+.4f})")
-            self.console.print(f"{escape(head)}  {what}  {mark}{reused}{took}", highlight=False)
-        else:
-            color = "yellow" if record.state == TrialState.PRUNED else "red"
-            self.console.print(f"{escape(head)}  [{color}]{record.state}[/]: {escape(str(record.reason))}{took}",
-                               highlight=False)
 
 
 def _summary(result) -> Table:
@@ -173,6 +112,11 @@ def search(
     except KeyboardInterrupt:  # before the study started: nothing to report
         err.print("interrupted")
         raise typer.Exit(130) from None
+    _report_search(result, export, {"tracking-uri": tracking_uri, "storage": storage, "out": out})
+
+
+def _report_search(result, export: str | None, flags: dict) -> None:
+    """The outcome of a search, and its exit code: 130 interrupted, 3 nothing feasible or exportable."""
     console.print(_summary(result))
     if any(t.remeasured for t in result.trials):
         console.print("* re-measured at the end, interleaved with the reference (10 rounds): latency and samples/s are "
@@ -183,6 +127,12 @@ def search(
                   f"run again with --study {result.study_name} to continue.", highlight=False)
         raise typer.Exit(130)
     console.print(f"MLflow: {result.tracking_uri}  (browse with `autoopt ui`)", highlight=False)
+    if result.export_interrupted:
+        where = "".join(f" --{flag} {value}" for flag, value in flags.items() if value)
+        err.print(f"Interrupted during the export: study {result.study_name} is complete and nothing was written; "
+                  f"export its winner with `autoopt export --study {result.study_name} --format {export}{where}`.",
+                  highlight=False)
+        raise typer.Exit(130)
     best = result.best
     if best is None:
         closest = result.closest

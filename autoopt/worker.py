@@ -130,16 +130,19 @@ class Worker:
             pass
         deadline = time.monotonic() + timeout_s
         line = None
-        while line is None:
-            if self._interrupted.is_set():
-                self.close()
-                raise KeyboardInterrupt
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._replace()
-                return TrialResult.failed(f"timeout: no result after {timeout_s:g} s")
-            if select.select([self._done], [], [], min(remaining, 0.2))[0]:
-                line = self._done.readline()
+        try:
+            while line is None:
+                if self._interrupted.is_set():
+                    raise KeyboardInterrupt
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._replace()
+                    return TrialResult.failed(f"timeout: no result after {timeout_s:g} s")
+                if select.select([self._done], [], [], min(remaining, 0.2))[0]:
+                    line = self._done.readline()
+        except KeyboardInterrupt:  # from interrupt(), or Ctrl-C itself in the main thread (the re-measurement)
+            self.close()
+            raise
         if line and result_path.exists():
             self._served += 1
             if self._served >= self.max_trials:

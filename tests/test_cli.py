@@ -130,6 +130,65 @@ def test_ctrl_c_stops_the_trial_marks_it_and_exits_130(tmp_path, write_file):
     assert statuses == {"trial": "KILLED", "study": "KILLED"}
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_another_search_holds_the_device_stops_within_seconds(tmp_path):
+    """The worker waits for the machine-wide device lock another search holds while timing: Ctrl-C
+    must not wait for that search."""
+    import fcntl
+    import os
+    import signal
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    tmpdir = tmp_path / "tmp"  # the lock lives in the temporary directory: this one holds it, no other test
+    tmpdir.mkdir()
+    lock = os.open(tmpdir / "autoopt-cpu.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as a search does while it times a trial
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autoopt", "search", TINY_MLP, "--study", "held", "--trials", "3",
+             "--tracking-uri", str(tmp_path / "store"), *FAST],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmpdir)},
+        )
+        deadline = time.monotonic() + 120
+        while not list(tmpdir.glob("*/trial-0")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(tmpdir.glob("*/trial-0")), proc.communicate()[0]
+        time.sleep(2)  # the worker is blocked on the lock now
+        assert proc.poll() is None
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        took_s = time.monotonic() - sent
+    finally:
+        os.close(lock)
+    assert proc.returncode == 130, output
+    assert took_s < 15, f"Ctrl-C took {took_s:.1f} s"
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "store" / "optuna.journal")))
+    (trial,) = optuna.load_study(study_name="held", storage=storage).trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["reason"] == "interrupted by the user"
+
+
+def test_ctrl_c_during_the_export_writes_nothing_and_says_how_to_export(tmp_path, monkeypatch):
+    from autoopt import bundle
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle, "_verify", interrupted)
+    out = tmp_path / "bundle"
+    result = invoke("search", TINY_MLP, "--trials", "2", "--seed", "0", "--study", "exp", "--export", "onnx",
+                    "--out", str(out), "--tracking-uri", str(tmp_path / "store"), *FAST)
+    assert result.exit_code == 130, result.output
+    text = " ".join(result.output.split())
+    assert (f"Interrupted during the export: study exp is complete and nothing was written; export its winner with "
+            f"`autoopt export --study exp --format onnx --tracking-uri {tmp_path / 'store'} --out {out}`.") in text
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
+
+
 HANGS_WHILE_ENABLED = """
 import os, time, torch, autoopt
 

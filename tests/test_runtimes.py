@@ -251,3 +251,34 @@ def test_inductor_reduce_overhead_on_cuda(tmp_path):
     built, _ = build("inductor_reduce_overhead", pipe, tmp_path, device="cuda")
     x = pipe.make_inputs(4)
     torch.testing.assert_close(built.predict(*x), pipe.build_model()(*x), rtol=1e-3, atol=1e-3)
+
+
+def test_onnxruntime_io_binding_matches_feeding_arrays(tmp_path):
+    """The binding path CUDA uses, run here on CPU pointers: same outputs, same structure, odd batch."""
+    from autoopt.runtimes import onnxruntime as ort_runtime
+
+    pipe = load_pipeline(TINY_DICT)
+    _, prepared = build("onnxruntime", pipe, tmp_path)
+    sess = ort_runtime.session(prepared.artifact, 1)
+    names, spec = prepared.state["input_names"], prepared.state["output_spec"]
+    features, mask = pipe.make_inputs(3)
+    mask[0, 2:] = 0
+    inputs = (features.transpose(1, 2).contiguous().transpose(1, 2), mask)  # a non-contiguous input is copied first
+    bound = ort_runtime.bound_predictor(sess, names, spec, "cpu")(*inputs)
+    fed = ort_runtime.predictor(sess, names, spec)(*(t.contiguous() for t in inputs))
+    assert set(bound) == {"logits", "pooled"}
+    for key in fed:
+        torch.testing.assert_close(bound[key], fed[key])
+
+
+@pytest.mark.gpu
+def test_onnxruntime_on_cuda_binds_inputs_on_the_device(tmp_path):
+    available("onnxruntime", "cuda")
+    pipe = load_pipeline(TINY_DICT)
+    built, _ = build("onnxruntime", pipe, tmp_path, device="cuda")
+    inputs = pipe.make_inputs(5)
+    out = built.predict(*(t.cuda() for t in inputs))
+    expected = pipe.build_model()(*inputs)
+    assert built.sync is not None and out["logits"].device.type == "cpu"
+    for key in expected:
+        torch.testing.assert_close(out[key], expected[key], rtol=1e-3, atol=1e-4)

@@ -79,6 +79,23 @@ def test_a_hang_hits_the_time_limit(tmp_path, write_file):
     assert result == TrialResult.failed("timeout: no result after 4 s")
 
 
+def test_ctrl_c_in_the_thread_that_waits_stops_the_worker_at_once(tmp_path, write_file, worker):
+    """The end-of-search re-measurement waits in the main thread: Ctrl-C lands there, not via interrupt()."""
+    import os
+    import signal
+    import threading
+
+    path = write_file("faulty.py", FAULTY.format(action="time.sleep(600)"))
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, path, {**CONFIG, "batch_size": 8}, worker=worker)
+    finally:
+        timer.cancel()
+    assert worker._proc is None  # killed and reaped, not left running until the search ends
+
+
 def test_a_warm_worker_serves_many_trials_and_is_replaced_after_a_crash(tmp_path, write_file, worker):
     path = write_file("faulty.py", FAULTY.format(action="os.abort()"))
     outcomes = [run(tmp_path, path, {**CONFIG, "batch_size": b}, worker=worker, name=f"t{i}")
