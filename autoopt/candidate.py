@@ -49,7 +49,7 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     runtime = runtimes.get(config["compile_mode"])
     ctx = runtimes.BuildContext(
         device=device, threads=threads, workdir=workdir, example_inputs=pipeline.make_inputs(2),
-        batch_inputs=batch_inputs, make_inputs=pipeline.make_inputs,
+        batch_inputs=batch_inputs, make_inputs=pipeline.make_inputs, pipeline=pipeline,
         # once per build: quantization and the trace check may both ask (the user's data read once)
         calibration=functools.cache(lambda: calibration_batches(pipeline)),
     )
@@ -100,7 +100,7 @@ def run_trial(pipeline, request: TrialRequest) -> TrialResult:
     with device_lock(device, exclusive=False):
         runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request.workdir, inputs)
     metrics, built = _measure(runtime, prepared, config, ctx, inputs, request)
-    metrics.update(threads=threads, build_s=build_s)
+    metrics.update(threads=threads, build_s=build_s, **ctx.report)
     if prepared.model_size_mb is not None:
         metrics["model_size_mb"] = prepared.model_size_mb
     limit_ms = request.latency_limit_ms
@@ -112,7 +112,8 @@ def run_trial(pipeline, request: TrialRequest) -> TrialResult:
     if accuracy is None:
         with device_lock(device, exclusive=False):
             accuracy = candidate_accuracy(pipeline, built.predict)
-    return TrialResult.complete({**metrics, "accuracy": accuracy, "accuracy_s": time.perf_counter() - started})
+    return TrialResult.complete({**metrics, "accuracy": accuracy, "accuracy_s": time.perf_counter() - started},
+                                note="; ".join(ctx.notes) or None)
 
 
 def _measure(runtime, prepared, config: dict, ctx, inputs: tuple, request: TrialRequest):

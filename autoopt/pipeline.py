@@ -24,7 +24,11 @@ class Pipeline:
     make_inputs: (batch_size) -> tuple of tensors, one batch of positional inputs (dim 0 = batch).
     evaluate: (predict) -> float, optional task metric on held-out data, higher is better.
     calibration_data: () -> iterable of input tuples, optional representative inputs.
-    build_reference: () -> nn.Module, optional reference for the accuracy check (default build_model).
+    build_reference: () -> nn.Module, optional reference for the accuracy check (default build_model);
+        the teacher of distillation too.
+    distill_data: () -> iterable of input tuples, optional: unlabeled representative inputs that a pruned
+        model is distilled on (distill_steps; default: make_batch when it has labels, then
+        calibration_data, then make_inputs batches).
 
     For the training task (`autoopt search --task train`):
     make_batch: (batch_size) -> tuple, one training batch: the model's inputs (as make_inputs gives
@@ -41,6 +45,7 @@ class Pipeline:
     evaluate: Callable[[Callable], float] | None = None
     calibration_data: Callable[[], Iterable[tuple]] | None = None
     build_reference: Callable[[], Any] | None = None
+    distill_data: Callable[[], Iterable[tuple]] | None = None
     make_batch: Callable[[int], tuple] | None = None
     loss_fn: Callable[[Any, tuple], Any] | None = None
     blocks: Callable[[Any], list] | None = None
@@ -59,8 +64,8 @@ class Pipeline:
             if not isinstance(value, type) and hasattr(value, "parameters"):  # a class is a builder
                 raise PipelineError(f"{where}: Pipeline '{attr}' must be a function that returns the model, not the "
                                     f"model ({type(value).__name__}). Write {attr}=lambda: model, or pass the builder.")
-        for attr in ("evaluate", "calibration_data", "build_reference", "make_batch", "loss_fn", "blocks",
-                     "make_optimizer"):
+        for attr in ("evaluate", "calibration_data", "build_reference", "distill_data", "make_batch", "loss_fn",
+                     "blocks", "make_optimizer"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 raise PipelineError(f"{where}: Pipeline '{attr}' must be a function or None. Got {value!r}.")
@@ -169,24 +174,28 @@ def check_pipeline(pipeline: Pipeline) -> None:
         if not all(torch.isfinite(leaf).all() for leaf in leaves if leaf.is_floating_point()):
             raise PipelineError(f"{where}: the model of {attr}() returns NaN or infinite values on make_inputs(2): "
                                 "nothing can be compared with it. Fix the model or its weights.")
-    _check_calibration(pipeline, where, len(inputs))
+    _check_input_batches(pipeline, where, len(inputs))
 
 
-def _check_calibration(pipeline: Pipeline, where: str, n_inputs: int) -> None:
+def _check_input_batches(pipeline: Pipeline, where: str, n_inputs: int) -> None:
+    """calibration_data and distill_data yield tuples of input tensors, like make_inputs."""
+    import itertools
+
     import torch
 
-    from .candidate import calibration_batches
-
-    if pipeline.calibration_data is None:
-        return
-    batches = calibration_batches(pipeline)
-    for batch in batches:
-        if len(batch) != n_inputs or not all(isinstance(t, torch.Tensor) for t in batch):
-            raise PipelineError(f"{where}: calibration_data() must yield tuples of {n_inputs} tensor(s), like "
-                                f"make_inputs. Got ({', '.join(type(t).__name__ for t in batch)}).")
-    if not batches:
-        raise PipelineError(f"{where}: calibration_data() yielded no batch. Yield some, or drop calibration_data "
-                            "(make_inputs batches are used then).")
+    fallbacks = {"calibration_data": "make_inputs batches", "distill_data": "make_batch, calibration_data or make_inputs"}
+    for attr, fallback in fallbacks.items():
+        fn = getattr(pipeline, attr)
+        if fn is None:
+            continue
+        batches = _call(where, f"{attr}()", lambda fn=fn: [tuple(b) for b in itertools.islice(fn(), 4)])
+        for batch in batches:
+            if len(batch) != n_inputs or not all(isinstance(t, torch.Tensor) for t in batch):
+                raise PipelineError(f"{where}: {attr}() must yield tuples of {n_inputs} tensor(s), like "
+                                    f"make_inputs. Got ({', '.join(type(t).__name__ for t in batch)}).")
+        if not batches:
+            raise PipelineError(f"{where}: {attr}() yielded no batch. Yield some, or drop {attr} "
+                                f"({fallback} are used then).")
 
 
 def check_training(pipeline: Pipeline) -> tuple[str, int]:

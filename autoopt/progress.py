@@ -69,7 +69,8 @@ class Progress:
             else:
                 what = (f"p95 {m['latency_ms_p95']:.2f} ms  {m['throughput']:,.0f}/s  mem {m['peak_memory_mb']:.1f} MB  "
                         f"acc {m['accuracy']:.4f} (drop {m['accuracy_drop']:+.4f})")
-            self.console.print(f"{escape(head)}  {what}  {mark}{reused}{took}", highlight=False)
+            note = f"  [yellow]note: {escape(record.reason)}[/]" if record.reason else ""
+            self.console.print(f"{escape(head)}  {what}  {mark}{reused}{took}{note}", highlight=False)
         else:
             color = "yellow" if record.state == TrialState.PRUNED else "red"
             self.console.print(f"{escape(head)}  [{color}]{record.state}[/]: {escape(str(record.reason))}{took}",

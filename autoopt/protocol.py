@@ -54,8 +54,9 @@ class TrialResult:
     log_path: str | None = None  # the worker's log of this trial (set by the search process)
 
     @classmethod
-    def complete(cls, metrics: dict) -> "TrialResult":
-        return cls(TrialState.COMPLETE, None, metrics)
+    def complete(cls, metrics: dict, note: str | None = None) -> "TrialResult":
+        """`note`: what the user should know about a measured trial (its reason: few distillation data)."""
+        return cls(TrialState.COMPLETE, note, metrics)
 
     @classmethod
     def pruned(cls, reason: str, metrics: dict | None = None, scope: dict | None = None) -> "TrialResult":

@@ -101,10 +101,17 @@ def calibration_data():
     return [(x[i : i + 32],) for i in range(0, 16 * 32, 32)]
 
 
+def distill_data():
+    """The training images without their labels: what a pruned model is distilled on (distill_steps)."""
+    x = _splits()["x_train"]
+    return [(x[i : i + 64],) for i in range(0, len(x), 64)]
+
+
 PIPELINE = autoopt.Pipeline(
     name="digits_cnn",
     build_model=build_model,
     make_inputs=make_inputs,
     evaluate=evaluate,
     calibration_data=calibration_data,
+    distill_data=distill_data,
 )

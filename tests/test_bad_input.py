@@ -37,6 +37,9 @@ PIPELINES = {
                              "PIPELINE = autoopt.Pipeline('p', build_model, make_inputs, calibration_data=calibration_data)\n",
     "calibration_arity.py": PIPELINE_HEAD + "def calibration_data():\n    yield (torch.randn(8, 16), torch.zeros(8))\n"
                             "PIPELINE = autoopt.Pipeline('p', build_model, make_inputs, calibration_data=calibration_data)\n",
+    "distill_raises.py": PIPELINE_HEAD + "def distill_data():\n    raise OSError('unlabeled.parquet')\n"
+                         "PIPELINE = autoopt.Pipeline('p', build_model, make_inputs, distill_data=distill_data)\n",
+    "distill_empty.py": PIPELINE_HEAD + "PIPELINE = autoopt.Pipeline('p', build_model, make_inputs, distill_data=lambda: [])\n",
     "reference_shape.py": PIPELINE_HEAD + "PIPELINE = autoopt.Pipeline('p', build_model, make_inputs, "
                           "build_reference=lambda: nn.Linear(16, 3))\n",
     "not_a_function.py": PIPELINE_HEAD + "PIPELINE = autoopt.Pipeline('p', build_model(), make_inputs)\n",
@@ -98,6 +101,9 @@ CASES = [
     ("nan_model.py", "the model of build_model() returns NaN or infinite values on make_inputs(2)"),
     ("calibration_raises.py", "calibration_data() raised FileNotFoundError: calib.npz"),
     ("calibration_arity.py", "calibration_data() must yield tuples of 1 tensor(s), like make_inputs. Got (Tensor, Tensor)."),
+    ("distill_raises.py", "distill_raises.py: distill_data() raised OSError: unlabeled.parquet"),
+    ("distill_empty.py", "distill_data() yielded no batch. Yield some, or drop distill_data (make_batch, calibration_data or make_inputs "
+                          "are used then)."),
     ("reference_shape.py", "build_reference()'s model must return what build_model()'s returns"),
     ("not_a_function.py", "Pipeline 'build_model' must be a function that returns the model, not the model (Sequential)."),
 ]] + [(S + ["--space", "{tmp}/" + name], message) for name, message in [

@@ -13,14 +13,18 @@ KNOB_NAMES = list(REGISTRY)
 
 
 class Tiny(torch.nn.Module):
-    """Linear layers to quantize and prune, a dict with a nested tuple to keep."""
+    """Linear layers to quantize and prune, repeated blocks to drop, a dict with a nested tuple to keep."""
 
     def __init__(self):
         super().__init__()
         self.fc1, self.fc2, self.head = torch.nn.Linear(8, 32), torch.nn.Linear(32, 16), torch.nn.Linear(16, 3)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(32, 32) for _ in range(2)])
 
     def forward(self, x):
-        h = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        h = torch.relu(self.fc1(x))
+        for block in self.blocks:
+            h = h + torch.relu(block(h))
+        h = torch.relu(self.fc2(h))
         return {"logits": self.head(h), "aux": (h.sum(-1),)}
 
 

@@ -74,6 +74,9 @@ class BuildContext:
     batch_inputs: tuple = ()  # the trial's batch (compilation for the measured shape)
     calibration: Callable[[], list] = list  # representative input batches (static quantization)
     make_inputs: Callable[[int], tuple] | None = None  # the pipeline's, for checks at other batch sizes
+    pipeline: Any = None  # the Pipeline, for knobs that need more of it (distillation: its teacher and data)
+    report: dict = field(default_factory=dict)  # build figures a knob reports (distill_s), logged with the trial
+    notes: list = field(default_factory=list)  # what a knob wants the trial's reason to say
 
     def check_batches(self) -> list[tuple]:
         """Inputs to check a graph capture on (a trace follows one path through data-dependent branches):
