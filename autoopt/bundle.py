@@ -131,10 +131,11 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             source = artifact if target == model_file else artifact.parent / target.name
             if source != target:
                 shutil.copyfile(source, target)
+        reference = pipe.build_model().eval()  # the export transforms build_model; build_reference only scores
+        compared = _fidelity_model(pipe, config, ctx)
         for extra in tmp.iterdir():  # intermediate files of the build
             if extra not in shipped:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
-        reference = pipe.build_model().eval()  # the export transforms build_model; build_reference only scores
         manifest = {
             **model_manifest(fmt, config, prepared, reference, pipe.make_inputs(2)),
             "metrics": {k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
@@ -149,7 +150,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
         (tmp / "autoopt.json").write_text(json.dumps(manifest, indent=2))
         if fmt_spec.check is not None:
             fmt_spec.check(str(model_file))
-        manifest["verification"] = _verify(tmp, manifest, pipe, reference, batch)
+        manifest["verification"] = _verify(tmp, manifest, pipe, compared, batch)
         from .loader import load
 
         accuracy = candidate_accuracy(pipe, load(tmp))
@@ -169,6 +170,19 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             raise ExportError(f"export of trial {trial.number} failed: {type(exc).__name__}: {exc}"[:500]) from exc
         raise
     return ExportResult(out, manifest)
+
+
+def _fidelity_model(pipe, config: dict, ctx):
+    """The model the exported file is compared with: build_model's, or the retrained one where a knob
+    retrained the weights (knobs.fidelity_base: a distilled student, fp32 eager, from the cache)."""
+    import dataclasses
+
+    base = knobs.fidelity_base(config)
+    model = pipe.build_model().eval()
+    if base:
+        model = knobs.apply_model_knobs(model, base, dataclasses.replace(ctx, report={}, notes=[]))
+        model.eval()
+    return model
 
 
 def model_manifest(fmt: str, config: dict, prepared, reference, example: tuple) -> dict:
@@ -200,7 +214,8 @@ def _output_structure(model, example) -> dict:
 
 
 def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
-    """Load and run the bundle in a fresh process that cannot import autoopt; compare with the original model."""
+    """Load and run the bundle in a fresh process that cannot import autoopt; compare with `reference`: the
+    original model, or the retrained one (_fidelity_model)."""
     import numpy as np
     import torch
 
@@ -217,6 +232,8 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
         plain = run_verifier(work, bundle, fmt, [], batch,
                              {k: v for k, v in os.environ.items() if k not in environment}) if environment else report
         min_cos, rel = knobs.export_tolerance(manifest["config"])
+        base = knobs.fidelity_base(manifest["config"])
+        compared_with = f"the retrained model ({knobs.describe(base)})" if base else "the original model"
         worst_cos, worst_err = 1.0, 0.0
         for b in batches:
             with torch.inference_mode():
@@ -229,9 +246,9 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
                 cos = float(torch.nn.functional.cosine_similarity(value.reshape(1, -1), ref.reshape(1, -1)))
                 worst_cos, worst_err = min(worst_cos, cos), max(worst_err, err)
                 if cos < min_cos or err > rel * max(1.0, float(ref.abs().max())):
-                    raise ExportError(f"output {key!r} at batch {b} differs from the original model: max abs error "
+                    raise ExportError(f"output {key!r} at batch {b} differs from {compared_with}: max abs error "
                                       f"{err:.3g}, cosine {cos:.6f} (needs cosine >= {min_cos})")
-        return {"batches": batches, "max_abs_error": worst_err, "min_cosine": worst_cos,
+        return {"batches": batches, "max_abs_error": worst_err, "min_cosine": worst_cos, "compared_with": compared_with,
                 "fresh_process_latency_ms_p50": report["latency_ms_p50"],
                 "fresh_process_latency_ms_p95": report["latency_ms_p95"],
                 "fresh_process_latency_ms_p50_without_environment": plain["latency_ms_p50"]}

@@ -19,8 +19,8 @@ from .results import TrialRecord, TrialState, pareto_front, ranked_feasible, spe
 from .targets import Targets
 
 METRIC_COLUMNS = ("throughput", "latency_ms_p50", "latency_ms_p95", "latency_cv", "latency_unreliable", "machine_load",
-                  "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop", "grad_cosine", "build_s", "measure_s",
-                  "accuracy_s")
+                  "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop", "grad_cosine", "build_s", "distill_s",
+                  "measure_s", "accuracy_s")
 
 
 def write_report(trials: list[TrialRecord], targets: Targets, study, reference: TrialRecord | None,

@@ -8,6 +8,7 @@ import autoopt
 from autoopt import distill, knobs, runtimes
 from autoopt.candidate import build_candidate
 from autoopt.errors import Unsupported
+from conftest import FAST, TINY_MLP
 
 
 class Encoder(nn.Module):
@@ -136,7 +137,12 @@ def test_distill_steps_matters_only_when_channels_or_blocks_were_pruned():
     assert knobs.canonical(zeroed)["distill_steps"] == 0  # training would fill the zeros in again
     pruned = {**ref, "pruning_amount": 0.5, "pruning_method": "depth", "distill_steps": 200}
     assert knobs.canonical(pruned) == pruned
-    assert knobs.export_tolerance(pruned) == (0.95, float("inf"))
+    # a retrained model is a model of its own: an export is compared with it, not with the original
+    assert knobs.fidelity_base(pruned) == {"pruning_amount": 0.5, "pruning_method": "depth", "distill_steps": 200}
+    assert knobs.export_tolerance(pruned) == knobs.EXACT
+    assert knobs.export_tolerance({**pruned, "quantization": "static_int8"}) == (0.95, float("inf"))
+    assert knobs.fidelity_base({**pruned, "distill_steps": 0}) == {}
+    assert knobs.export_tolerance({**pruned, "distill_steps": 0}) == (0.95, float("inf"))
 
 
 def test_labels_add_the_task_loss_and_few_samples_are_noted(tmp_path):
@@ -159,3 +165,24 @@ def test_labels_add_the_task_loss_and_few_samples_are_noted(tmp_path):
     fixed = autoopt.Pipeline("fixed", seeded(Wide), lambda b: (torch.ones(b, 8),))  # make_inputs: one sample
     note = distill.distill_data(fixed).note()
     assert note.startswith("distillation saw only 1 distinct samples (from make_inputs()); fewer than 512 are too few")
+
+
+def test_a_distilled_trial_exports_verified_against_the_student_it_is(tmp_path):
+    (tmp_path / "space.yaml").write_text("pruning_amount: [0.5]\npruning_method: [structured]\ndistill_steps: [30]\n"
+                                         "compile_mode: [onnxruntime]\n")
+    store = str(tmp_path / "store")
+    result = autoopt.search(TINY_MLP, space=str(tmp_path / "space.yaml"), trials=2, seed=3, max_accuracy_drop=1.0,
+                            warm_start=False, tracking_uri=store, **FAST)
+    trial = result.trials[1]  # seed 3 samples it: the sampler is seeded
+    assert (trial.config["pruning_method"], trial.config["distill_steps"], trial.config["compile_mode"]) == \
+        ("structured", 30, "onnxruntime")
+    assert trial.metrics["distill_s"] > 0 and trial.metrics["build_s"] >= trial.metrics["distill_s"]
+    exported = autoopt.export(result.study_name, trial=1, format="onnx", out=str(tmp_path / "bundle"), tracking_uri=store)
+    verification = exported.manifest["verification"]
+    # exact against the student: the original (half its hidden units gone) is nowhere near that close
+    assert verification["compared_with"] == ("the retrained model (pruning_amount=0.5 pruning_method=structured "
+                                             "distill_steps=30)")
+    assert verification["min_cosine"] > 0.9999
+    original, x = autoopt.load_pipeline(TINY_MLP).build_model(), torch.randn(64, 16)
+    out = autoopt.load(tmp_path / "bundle")(x)
+    assert float(torch.nn.functional.cosine_similarity(out.reshape(1, -1), original(x).reshape(1, -1))) < 0.9999

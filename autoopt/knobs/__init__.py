@@ -69,12 +69,24 @@ def numerics_free() -> tuple[str, ...]:
 EXACT = (0.99999, 1e-3)  # (minimum cosine, relative max-abs error) of a model that only changed runtime
 
 
-def export_tolerance(config: dict) -> tuple[float, float]:
-    """(minimum cosine, relative max-abs error) an export of `config` must reach against the reference:
-    the loosest tolerance of the knobs it sets off their baseline."""
+def fidelity_base(config: dict) -> dict:
+    """The knob values of the model an export of `config` is compared with: {} (build_model's model,
+    the original) unless a knob that retrains the weights is active (distill_steps after pruning);
+    then that knob and every model-level knob before it: the retrained model is what the knobs after
+    it (quantization, precision, the runtime) approximate."""
     shown = canonical(config)
+    names = [n for n in REGISTRY if n in shown]
+    active = [i for i, n in enumerate(names) if REGISTRY[n].retrains and shown[n] != REGISTRY[n].baseline]
+    return {n: shown[n] for n in names[:active[-1] + 1]} if active else {}
+
+
+def export_tolerance(config: dict) -> tuple[float, float]:
+    """(minimum cosine, relative max-abs error) an export of `config` must reach against its fidelity
+    base: the loosest tolerance of the knobs it sets off their baseline, past that base."""
+    shown = canonical(config)
+    base = fidelity_base(config)
     loose = [REGISTRY[k].tolerance for k, v in shown.items()
-             if k in REGISTRY and REGISTRY[k].tolerance and v != REGISTRY[k].baseline]
+             if k in REGISTRY and k not in base and REGISTRY[k].tolerance and v != REGISTRY[k].baseline]
     return min([c for c, _ in loose], default=EXACT[0]), max([r for _, r in loose], default=EXACT[1])
 
 
@@ -102,4 +114,4 @@ def apply_model_knobs(model, config: dict, ctx, realized_by_runtime: frozenset =
 
 
 __all__ = ["Knob", "REGISTRY", "TASKS", "reference_config", "canonical", "describe", "in_scope", "conflict",
-           "numerics_free", "export_tolerance", "warm_start_seeds", "apply_model_knobs"]
+           "numerics_free", "fidelity_base", "export_tolerance", "warm_start_seeds", "apply_model_knobs"]

@@ -6,7 +6,9 @@
   anything is built), or None.
 - `relevant(config)`: whether the knob changes anything in this configuration (quant_granularity
   without quantization does not). Irrelevant knobs are set to their baseline in the canonical form
-  of a configuration, so that equivalent configurations share one measurement.
+  of a configuration, so that equivalent configurations share one measurement. `relevant_in`: the
+  other knob values that make it relevant (for a knob that is not at the baseline: the shared knob
+  suite tests it there, where it changes something).
 - `apply(model, config, ctx)`: the model-level transform, for knobs realized on the nn.Module.
   Knobs realized elsewhere (by the runtime, by the measurement) leave it None; a runtime that
   realizes a knob itself lists it in its REALIZES set and `apply` is skipped for it.
@@ -20,6 +22,9 @@ Facts the search reads from the knob instead of keeping lists of knob names:
   so that an accuracy measured for one value holds for every other;
 - `tolerance`: (minimum cosine, relative max-abs error) an exported model must reach against the
   reference when this knob is off its baseline (an approximation by design is looser); None: exact;
+- `retrains`: off its baseline, the knob trains the weights anew (distillation): the model it returns
+  is not an approximation of the original but a model of its own, so an export is compared with it
+  (knobs.fidelity_base), within the tolerance of the knobs after it; the metric check bounds the rest;
 - `warm_start`: (task, device, configuration[, CPU features]) entries of known-good settings led by
   this knob, tried right after the reference of a new study, in registry order; an entry that names CPU
   features (machine.FEATURES names, any one of them) is tried only on a CPU that has one, and first.
@@ -27,7 +32,7 @@ Facts the search reads from the knob instead of keeping lists of knob names:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
@@ -54,6 +59,7 @@ class Knob:
     unavailable: Callable[[Any, str], str | None] = _never
     conflict: Callable[[dict, str], str | None] = _never
     relevant: Callable[[dict], bool] = _always
+    relevant_in: dict = field(default_factory=dict, hash=False)
     apply: Callable[[Any, dict, Any], Any] | None = None
     parse: Callable[[Any], Any] = _same
     spellings: str = ""  # what `parse` also accepts, for error messages
@@ -61,6 +67,7 @@ class Knob:
     train_choices: tuple | None = None
     changes_numerics: bool = True
     tolerance: tuple[float, float] | None = None
+    retrains: bool = False
     warm_start: tuple[tuple, ...] = ()
 
     @property

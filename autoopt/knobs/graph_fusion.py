@@ -15,4 +15,5 @@ KNOB = Knob(
     baseline="basic",
     choices=("none", "basic", "transformer"),
     relevant=lambda config: config.get("compile_mode", "eager") == "onnxruntime",
+    relevant_in={"compile_mode": "onnxruntime"},
 )

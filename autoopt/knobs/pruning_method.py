@@ -9,4 +9,5 @@ KNOB = Knob(
     baseline="l1_unstructured",
     choices=("l1_unstructured", "structured", "depth"),
     relevant=lambda config: config.get("pruning_amount", 0.0) > 0,
+    relevant_in={"pruning_amount": 0.5},
 )

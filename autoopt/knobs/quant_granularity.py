@@ -12,4 +12,5 @@ KNOB = Knob(
     baseline="per_channel",
     choices=("per_channel", "per_tensor"),
     relevant=lambda config: config.get("quantization", "none") != "none",
+    relevant_in={"quantization": "dynamic_int8"},
 )
