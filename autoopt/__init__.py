@@ -14,7 +14,7 @@ from .pipeline import Pipeline, bundled_pipelines, load_pipeline  # noqa: E402
 
 def __getattr__(name):
     # search() pulls in torch, optuna and MLflow: import it on first use so `autoopt --help` stays fast.
-    if name in ("search", "SearchResult", "export", "trials"):
+    if name in ("search", "SearchResult", "export", "trials", "plan"):
         from . import api
 
         return getattr(api, name)
@@ -34,7 +34,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Pipeline", "search", "SearchResult", "SearchOptions", "export", "trials", "load", "load_pipeline",
+    "Pipeline", "search", "plan", "SearchResult", "SearchOptions", "export", "trials", "load", "load_pipeline",
     "bundled_pipelines", "cache_dir", "cached_state_dict",
     "AutoOptError", "ConfigError", "ExportError", "PipelineError", "Unsupported", "__version__",
 ]

@@ -66,6 +66,27 @@ class SearchResult:
         """Throughput relative to the reference (see results.speedup)."""
         return speedup(trial, self.reference)
 
+    def to_dict(self) -> dict:
+        """The result as plain data (`autoopt search --json`): the study, the best, the reference, the
+        closest miss when nothing was feasible, the exported bundle, every trial."""
+        best, reference, exported = self.best, self.reference, self.exported
+        closest = self.closest if best is None else None
+        return {"study": self.study_name, "pipeline": self.pipeline, "task": self.task,
+                "tracking_uri": self.tracking_uri, "mlflow_parent_run_id": self.parent_run_id,
+                "interrupted": self.interrupted or self.export_interrupted,
+                "best": best.to_dict() if best else None, "speedup": self.speedup(best) if best else None,
+                "reference": reference.to_dict() if reference else None,
+                "closest": closest.to_dict() if closest else None,
+                "exported": {"path": str(exported.path), "manifest": exported.manifest} if exported else None,
+                "trials": [t.to_dict() for t in self.trials]}
+
+    def trials_dataframe(self):
+        """One row per trial (a pandas DataFrame indexed by trial number): state, feasibility, every knob,
+        every metric, the re-measured figures (results.trials_dataframe)."""
+        from .results import trials_dataframe
+
+        return trials_dataframe(self.trials)
+
     def runs_url(self, base: str = "http://127.0.0.1:5000") -> str:
         from .tracking import runs_url
 
@@ -132,6 +153,28 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
     return result
 
 
+def plan(pipeline: str | os.PathLike | Pipeline | None = None, **keywords):
+    """What `search(pipeline, **keywords)` would do, without running a trial or touching a store
+    (`autoopt search --dry-run`): a planning.SearchPlan."""
+    from .machine import search_features
+    from .pipeline import load_pipeline
+    from .planning import SearchPlan, count_distinct
+
+    opts = SearchOptions.parse(**keywords)
+    pipe = load_pipeline(pipeline)
+    space = _resolve_space(pipe, opts)
+    distinct, independent = count_distinct(space, opts.device)
+    warm = space.warm_start(opts.device, None, search_features(opts.device)) if opts.warm_start else []
+    t = opts.targets
+    return SearchPlan(
+        pipeline=pipe.name, task=opts.task, device=opts.device, space_source=space.source,
+        domains={name: domain.describe() for name, domain in space.domains.items()}, notes=list(space.notes),
+        distinct_configurations=distinct, counted_as_independent=independent, warm_start=warm, trials=opts.trials,
+        timeout_s=opts.timeout_s, jobs=opts.jobs,
+        targets={"latency_ms": t.latency_ms, "memory_mb": t.memory_mb, "max_accuracy_drop": t.max_accuracy_drop},
+    )
+
+
 def _resolve_space(pipe, opts: SearchOptions):
     """The search space of the task, its load notes told, restricted to what `--export` ships and, for
     training, fitted to the model's repeated blocks."""
@@ -186,10 +229,10 @@ def _export_winner(result: SearchResult, opts: SearchOptions, pipe) -> None:
         result.export_interrupted = True
 
 
-def export(study: str, *, trial: int | None = None, format: str = "onnx", out: str | os.PathLike | None = None,
+def export(study: str | None = None, *, trial: int | None = None, format: str = "onnx", out: str | os.PathLike | None = None,
            tracking_uri: str | os.PathLike | None = None, storage: str | None = None, register: str | None = None,
            pipeline: Pipeline | None = None):
-    """Export a finished trial of `study` (default: the best feasible one) as a verified bundle.
+    """Export a finished trial of `study` (default: the latest study; its best feasible trial) as a verified bundle.
 
     format: an export format ("onnx", "openvino", "torchscript"); the trial must have run on the runtime that writes it.
     out: the bundle directory (default exports/<study>). register: an MLflow registered-model name.
@@ -199,6 +242,7 @@ def export(study: str, *, trial: int | None = None, format: str = "onnx", out: s
 
     check_format(format)
     optuna_study = load_study(study, tracking_uri, storage)
+    study = optuna_study.study_name
     if optuna_study.user_attrs.get("autoopt", {}).get("task") == "train":
         raise ConfigError(f"Study {study} searched the training step ({option('task', 'train')}): there is no "
                           f"inference model to export. Export a study of {option('task', 'infer')}.")
@@ -208,9 +252,20 @@ def export(study: str, *, trial: int | None = None, format: str = "onnx", out: s
     return _export_and_log(optuna_study, chosen, format, out or Path("exports") / study, register, pipeline)
 
 
-def trials(study: str, *, tracking_uri: str | os.PathLike | None = None, storage: str | None = None) -> list[TrialRecord]:
-    """The trials of a study (state, config, metrics, feasibility), for `autoopt trials`."""
-    return records(load_study(study, tracking_uri, storage))
+def trials(study: str | None = None, *, tracking_uri: str | os.PathLike | None = None,
+           storage: str | None = None) -> list[TrialRecord]:
+    """The trials of a study (default: the latest one): state, config, metrics, feasibility, for `autoopt trials`;
+    the list's `study_name` says which study it was."""
+    optuna_study = load_study(study, tracking_uri, storage)
+    return Trials(records(optuna_study), study_name=optuna_study.study_name)
+
+
+class Trials(list):
+    """A study's trial records, and the study's name."""
+
+    def __init__(self, items, study_name: str):
+        super().__init__(items)
+        self.study_name = study_name
 
 
 def _export_and_log(optuna_study, chosen: TrialRecord, fmt: str, out, register: str | None, pipeline):

@@ -33,6 +33,7 @@ from .runtimes import FORMATS, export_format
 from .storage import trial_meta
 
 ACCURACY_TOLERANCE = 0.005  # the recomputed metric must match the trial's within half a point
+EXAMPLE_ROWS = 8  # rows of example inputs a bundle carries
 VERIFY_TIMING_S = {"warmup_s": 0.5, "block_s": 1.0}  # the verifier's warm-up and each of its 3 timed blocks
 
 
@@ -136,6 +137,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
         for extra in tmp.iterdir():  # intermediate files of the build
             if extra not in shipped:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+        _write_example_inputs(tmp, pipe)
         manifest = {
             **model_manifest(fmt, config, prepared, reference, pipe.make_inputs(2)),
             "metrics": {k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
@@ -170,6 +172,16 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             raise ExportError(f"export of trial {trial.number} failed: {type(exc).__name__}: {exc}"[:500]) from exc
         raise
     return ExportResult(out, manifest)
+
+
+def _write_example_inputs(bundle: Path, pipe) -> None:
+    """A few rows of the pipeline's inputs (arr_0, arr_1, ... in input order), for `autoopt bench` and the
+    MLflow input example: a deployment can be re-timed without the pipeline."""
+    import numpy as np
+
+    from .retime import EXAMPLE_INPUTS
+
+    np.savez(bundle / EXAMPLE_INPUTS, *[t.detach().cpu().numpy() for t in pipe.make_inputs(EXAMPLE_ROWS)])
 
 
 def _fidelity_model(pipe, config: dict, ctx):

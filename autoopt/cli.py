@@ -7,59 +7,21 @@ import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.table import Table
 
 from .errors import AutoOptError
+from .printing import (console, describe, err, print_bench, print_export, print_json, print_plan, summary_table,
+                       trials_table)
 from .progress import Progress
-from .results import TrialState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the fastest deployable version of a PyTorch model that meets your targets.")
-# Piped output (CI logs, files) gets room for the summary table instead of the 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(exc: AutoOptError) -> None:
     err.print(f"[bold red]error:[/] {escape(exc.for_cli())}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
-
-
-def _describe(config: dict) -> str:
-    from .knobs import describe  # imports torch: only once a search runs
-
-    return describe(config)
-
-
-def _summary(result) -> Table:
-    train = result.task == "train"
-    rows = ([result.reference] if result.reference else []) + [t for t in result.top(5) if t is not result.reference]
-    ref_name = "fp32 eager, no checkpointing, largest batch that fits" if train else "every knob at its baseline"
-    table = Table(title=f"Study {result.study_name}: the reference ({ref_name}) and the top feasible trials")
-    columns = (("trial", "configuration (baseline knobs omitted)", "batch", "step p50 ms", "step p95 ms", "samples/s",
-                "speedup", "peak MB", "loss dev", "grad cos") if train else
-               ("trial", "configuration (baseline knobs omitted)", "p50 ms", "p95 ms", "samples/s", "speedup",
-                "peak MB", "size MB", "accuracy", "drop"))
-    for col in columns:
-        table.add_column(col, justify="left" if col.startswith("configuration") else "right")
-    for t in rows:
-        m = t.figures
-        speedup = result.speedup(t)
-        mark = "*" if t.remeasured else ""
-        head = [f"{t.number}{mark} (ref)" if t is result.reference else f"{t.number}{mark}", escape(_describe(t.config))]
-        if train:
-            table.add_row(*head, str(t.config["batch_size"]), f"{m['latency_ms_p50']:.1f}", f"{m['latency_ms_p95']:.1f}",
-                          f"{m['throughput']:,.0f}", f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}",
-                          f"{m['accuracy_drop']:.4f}", f"{m['grad_cosine']:.4f}")
-        else:
-            table.add_row(*head, f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}",
-                          f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}",
-                          f"{m['model_size_mb']:.2f}" if "model_size_mb" in m else "-",
-                          f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}")
-    return table
 
 
 @app.command()
@@ -95,29 +57,51 @@ def search(
                                                     "more per trial)."),
     early_stop: bool = typer.Option(True, help="Stop a trial already past --target-latency (accuracy not checked); "
                                                "--no-early-stop measures every trial fully."),
+    dry_run: bool = typer.Option(False, help="Print the resolved space, its distinct configurations, the warm start "
+                                             "and the budget, and exit without running a trial."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout (progress goes to stderr)."),
 ) -> None:
     """Search for the fastest configuration that meets the targets; log every trial to MLflow."""
     from . import api
 
+    if dry_run:
+        try:
+            plan = api.plan(pipeline, target_latency=target_latency, target_memory=target_memory,
+                            max_accuracy_drop=max_accuracy_drop, space=space, trials=trials, timeout=timeout, seed=seed,
+                            device=device, export=export, task=task, sampler=sampler, warm_start=warm_start, jobs=jobs)
+        except AutoOptError as exc:
+            _fail(exc)
+        print_json(plan.to_dict()) if json_out else print_plan(plan)
+        return
     try:
         result = api.search(
             pipeline, target_latency=target_latency, target_memory=target_memory, max_accuracy_drop=max_accuracy_drop,
             space=space, trials=trials, timeout=timeout, seed=seed, study=study, tracking_uri=tracking_uri,
             storage=storage, device=device, trial_timeout=trial_timeout, min_time=min_time, export=export, out=out,
             register=register, task=task, remeasure_top=remeasure_top, sampler=sampler, warm_start=warm_start,
-            jobs=jobs, fresh_workers=fresh_workers, early_stop=early_stop, listeners=[Progress(console, trials)],
+            jobs=jobs, fresh_workers=fresh_workers, early_stop=early_stop,
+            listeners=[Progress(err if json_out else console, trials)],
         )
     except AutoOptError as exc:
         _fail(exc)
     except KeyboardInterrupt:  # before the study started: nothing to report
         err.print("interrupted")
         raise typer.Exit(130) from None
+    if json_out:
+        print_json(result.to_dict())
+        raise typer.Exit(_search_exit_code(result, export))
     _report_search(result, export, {"tracking-uri": tracking_uri, "storage": storage, "out": out})
+
+
+def _search_exit_code(result, export: str | None) -> int:
+    if result.interrupted or result.export_interrupted:
+        return 130
+    return 3 if result.best is None or (export and result.exported is None) else 0
 
 
 def _report_search(result, export: str | None, flags: dict) -> None:
     """The outcome of a search, and its exit code: 130 interrupted, 3 nothing feasible or exportable."""
-    console.print(_summary(result))
+    console.print(summary_table(result))
     if any(t.remeasured for t in result.trials):
         console.print("* re-measured at the end, interleaved with the reference (10 rounds): latency and samples/s are "
                       "those figures, the speedup the median of the per-round ratios; the winner is chosen on them.",
@@ -138,47 +122,30 @@ def _report_search(result, export: str | None, flags: dict) -> None:
         closest = result.closest
         err.print("[bold red]No trial met all constraints.[/]")
         if closest is not None:
-            err.print(escape(f"Closest: trial {closest.number} ({_describe(closest.config)}): "
+            err.print(escape(f"Closest: trial {closest.number} ({describe(closest.config)}): "
                              + "; ".join(result.violations(closest)) + "."), highlight=False)
         raise typer.Exit(3)
     speedup = result.speedup(best)
-    console.print(f"[bold green]Best:[/] trial {best.number} ({escape(_describe(best.config))}): "
+    console.print(f"[bold green]Best:[/] trial {best.number} ({escape(describe(best.config))}): "
                   f"{best.figures['throughput']:,.0f} samples/s"
                   + (f", {speedup:.2f}x the reference" if speedup else ""), highlight=False)
     if export:
         if result.exported is None:
             err.print(f"[bold red]Nothing exported:[/] no feasible trial ran on the runtime --export {export} ships.")
             raise typer.Exit(3)
-        _print_export(result.exported)
-
-
-def _print_export(exported) -> None:
-    v, m = exported.manifest["verification"], exported.manifest
-    console.print(f"[bold green]Exported[/] trial {m['source']['trial']} to {exported.path} ({m['format']}, "
-                  f"{m['metrics']['model_size_mb']:.2f} MB): verified in a fresh process without autoopt, max abs "
-                  f"error {v['max_abs_error']:.2g}, cosine {v['min_cosine']:.6f}, accuracy {v['accuracy']:.4f}; "
-                  f"latency p50 {v['fresh_process_latency_ms_p50']:.2f} ms there vs "
-                  + (f"{m['remeasured']['latency_ms_p50']:.2f} ms in the search's re-measurement"
-                     if m.get("remeasured") else f"{m['metrics']['latency_ms_p50']:.2f} ms in the search"),
-                  highlight=False)
-    environment = m["runtime"].get("environment")
-    if environment:
-        console.print(f"Run it with {' '.join(f'{k}={v}' for k, v in environment.items())} in the environment: the "
-                      f"malloc thresholds it was measured with (autoopt.load applies them); without them "
-                      f"p50 was {v['fresh_process_latency_ms_p50_without_environment']:.2f} ms.", highlight=False)
-    if m.get("mlflow_model_uri"):
-        console.print(f"MLflow model: {m['mlflow_model_uri']}", highlight=False)
+        print_export(result.exported)
 
 
 @app.command("export")
 def export_command(
-    study: str = typer.Option(..., help="The study to export from."),
+    study: Optional[str] = typer.Option(None, help="The study to export from (default: the latest study)."),
     trial: Optional[int] = typer.Option(None, help="Trial number (default: the best feasible trial for the format)."),
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
     out: Optional[str] = typer.Option(None, help="Bundle directory (default: exports/<study>)."),
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the bundle's path and manifest as one JSON document."),
 ) -> None:
     """Export a finished trial as a verified ONNX or TorchScript bundle (model file + autoopt.json)."""
     from . import api
@@ -188,14 +155,38 @@ def export_command(
                               storage=storage, register=register)
     except AutoOptError as exc:
         _fail(exc)
-    _print_export(exported)
+    if json_out:
+        print_json({"path": str(exported.path), "manifest": exported.manifest})
+        return
+    print_export(exported)
+
+
+@app.command()
+def bench(
+    bundle: str = typer.Argument(..., help="An exported bundle directory."),
+    batch: Optional[int] = typer.Option(None, min=1, help="Batch size to time (default: the trial's)."),
+    processes: int = typer.Option(3, min=1, help="Fresh processes to time it in (the median is reported)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON document."),
+) -> None:
+    """Re-time an exported bundle in fresh processes without autoopt, as its export verified it."""
+    from .retime import retime
+
+    try:
+        figures = retime(bundle, batch, processes)
+    except AutoOptError as exc:
+        _fail(exc)
+    if json_out:
+        print_json(figures)
+        return
+    print_bench(figures)
 
 
 @app.command()
 def trials(
-    study: str = typer.Option(..., help="The study to list."),
+    study: Optional[str] = typer.Option(None, help="The study to list (default: the latest study)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the trials as one JSON document."),
 ) -> None:
     """A table of a study's trials: state, configuration, metrics, feasibility."""
     from . import api
@@ -204,23 +195,10 @@ def trials(
         records = api.trials(study, tracking_uri=tracking_uri, storage=storage)
     except AutoOptError as exc:
         _fail(exc)
-    table = Table(title=f"Study {study}")
-    for col in ("trial", "state", "configuration (baseline knobs omitted)", "p95 ms", "samples/s", "peak MB",
-                "accuracy", "drop", "feasible / reason"):
-        table.add_column(col, justify="left" if col.startswith(("configuration", "state", "feasible")) else "right")
-    for t in records:
-        m = t.metrics
-        # A training trial has no accuracy: its numerics are the loss deviation (the "drop"); a trial
-        # stopped past a target has only what was measured until then.
-        def cell(key: str, spec: str, m: dict = m) -> str:
-            return format(m[key], spec) if key in m else "-"
-
-        accuracy = cell("accuracy", ".4f") if "grad_cosine" not in m else f"cos {m['grad_cosine']:.4f}"
-        cells = [cell("latency_ms_p95", ".2f"), cell("throughput", ",.0f"), cell("peak_memory_mb", ".1f"),
-                 accuracy, cell("accuracy_drop", "+.4f")]
-        note = ("yes" if t.feasible else "no") if t.state == TrialState.COMPLETE else (t.reason or "")
-        table.add_row(str(t.number), t.state, escape(_describe(t.config)), *cells, escape(note))
-    console.print(table)
+    if json_out:
+        print_json({"study": records.study_name, "trials": [t.to_dict() for t in records]})
+        return
+    console.print(trials_table(records))
 
 
 @app.command()
@@ -264,8 +242,22 @@ def ui(
         raise typer.Exit(130) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from . import __version__
+
+        console.print(f"autoopt {__version__} (torch {version('torch')}, optuna {version('optuna')}, "
+                      f"mlflow {version('mlflow')}, onnxruntime {version('onnxruntime')}, openvino {version('openvino')})",
+                      highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug output.")) -> None:
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug output."),
+           version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                        help="Print the versions of autoopt and its runtimes, and exit.")) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err, show_time=False, show_path=False)])
     logging.getLogger("autoopt").setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -59,6 +59,12 @@ class TrialRecord:
             return self.metrics
         return {**self.metrics, **{k: self.remeasured[k] for k in REMEASURED if k in self.remeasured}}
 
+    def to_dict(self) -> dict:
+        """The record as plain data (`--json`)."""
+        return {"number": self.number, "state": str(self.state), "feasible": self.feasible, "reference": self.reference,
+                "reused_from": self.reused_from, "reason": self.reason, "config": self.config, "metrics": self.metrics,
+                "constraints": self.constraints, "remeasured": self.remeasured, "mlflow_run_id": self.run_id}
+
     @property
     def feasible(self) -> bool:
         return self.state == TrialState.COMPLETE and all(v <= 0 for v in self.constraints.values())
@@ -87,6 +93,23 @@ def records(study) -> list[TrialRecord]:
     for t in out:
         t.remeasured = remeasured.get(str(t.number))
     return out
+
+
+def trials_dataframe(trials: list[TrialRecord]):
+    """A pandas DataFrame, one row per trial: number, state, feasibility, reference, reuse and reason, then
+    every knob, then every metric (a metric named like a knob, `threads`, is the knob's column), then the
+    end-of-search re-measured figures as `remeasured_*`."""
+    import pandas as pd
+
+    knob_names = list(dict.fromkeys(k for t in trials for k in t.config))
+    rows = []
+    for t in trials:
+        row = {"trial": t.number, "state": str(t.state), "feasible": t.feasible, "reference": t.reference,
+               "reused_from": t.reused_from, "reason": t.reason, **{k: t.config.get(k) for k in knob_names}}
+        row.update({k: v for k, v in t.metrics.items() if k not in knob_names})
+        row.update({f"remeasured_{k}": v for k, v in (t.remeasured or {}).items() if k in REMEASURED})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
 
 
 def reference_of(trials: list[TrialRecord]) -> TrialRecord | None:

@@ -50,8 +50,9 @@ def _creation_race(exc: Exception) -> bool:
     return any(w in text for w in ("integrityerror", "unique", "duplicate", "already exists"))
 
 
-def load_study(name: str, tracking_uri: str | os.PathLike | None = None, storage: str | None = None):
-    """The study `name` from the storage a search with these options used."""
+def load_study(name: str | None, tracking_uri: str | os.PathLike | None = None, storage: str | None = None):
+    """The study `name` (None: the latest one, by its first trial's start) from the storage a search with
+    these options used."""
     import optuna
 
     from .tracking import resolve_store
@@ -59,6 +60,12 @@ def load_study(name: str, tracking_uri: str | os.PathLike | None = None, storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _, store = resolve_store(tracking_uri)
     backend = open_storage(storage, store)
+    if name is None:
+        started = [s for s in optuna.get_all_study_summaries(backend, include_best_trial=False) if s.datetime_start]
+        if not started:
+            raise ConfigError(f"No study in this storage yet ({option('storage', storage) if storage else store}). "
+                              "Run `autoopt search` first, or point --tracking-uri/--storage at the search's store.")
+        name = max(started, key=lambda s: s.datetime_start).study_name
     try:
         return optuna.load_study(study_name=name, storage=backend)
     except KeyError:

@@ -37,9 +37,16 @@ def open_study(name: str, storage, seed: int | None, space, device: str, sampler
         make_sampler(sampler, seed, space), space.distributions(), lambda c: knobs.conflict(c, device),
         knobs.canonical, knobs.in_scope, seed=seed, required=space.required,
     )
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True, sampler=sampler
     )
+    if study.metric_names is None:  # optuna-dashboard and trials_dataframe() show the objective by name
+        import warnings
+
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged through 5.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["throughput"])
+    return study
 
 
 # A running trial's owner writes a heartbeat this often ($AUTOOPT_HEARTBEAT_S: shorter where machines come and go)

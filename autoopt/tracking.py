@@ -44,7 +44,13 @@ def _mlflow():
 
 
 def resolve_store(tracking_uri: str | os.PathLike | None) -> tuple[str, Path | None]:
-    """(MLflow tracking URI, local store directory or None). A plain path is a store directory."""
+    """(MLflow tracking URI, local store directory or None). A plain path is a store directory; without
+    one, MLflow's own setting (MLFLOW_TRACKING_URI) decides, then ./mlruns. A file: URI is a store
+    directory too (MLflow 3 refuses its plain file store: autoopt keeps sqlite + artifacts there)."""
+    if tracking_uri is None:
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+    if tracking_uri is not None and str(tracking_uri).startswith("file:"):
+        tracking_uri = urllib.parse.unquote(urllib.parse.urlparse(str(tracking_uri)).path)
     if tracking_uri is None or "://" not in str(tracking_uri):
         store = Path(tracking_uri if tracking_uri is not None else "mlruns").resolve()
         try:

@@ -23,6 +23,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # Pipelines cache weights here; tests never touch the user's cache.
     monkeypatch.setenv("AUTOOPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # a developer's own setting would pick the store
     # The export verifier's re-timing is a figure for deployment, not a check: short blocks in tests.
     from autoopt import bundle
 

@@ -34,6 +34,19 @@ def test_reference_is_trial_zero_and_a_best_is_found(searched):
     assert set(result.study.trials[1].params) == set(ref.config)
 
 
+def test_trials_dataframe_and_the_named_objective(searched):
+    result, store = searched
+    frame = result.trials_dataframe()
+    assert list(frame.index) == [t.number for t in result.trials] and frame.loc[0, "reference"]
+    assert {"state", "feasible", "batch_size", "compile_mode", "throughput", "latency_ms_p95", "accuracy_drop"} <= \
+        set(frame.columns)
+    best = result.best
+    assert frame.loc[best.number, "feasible"] and frame.loc[best.number, "throughput"] == best.metrics["throughput"]
+    assert frame.loc[best.number, "remeasured_throughput"] == best.remeasured["throughput"]
+    assert result.study.metric_names == ["throughput"]  # optuna-dashboard shows the objective by name
+    assert autoopt.trials(tracking_uri=str(store)).study_name == "e2e"  # the latest study
+
+
 def test_every_trial_is_a_child_run_with_params_metrics_and_tags(searched):
     result, store = searched
     client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")

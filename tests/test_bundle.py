@@ -29,7 +29,7 @@ def test_search_with_export_onnx_writes_a_verified_bundle(onnx_study):
     result, root = onnx_study
     assert all(t.config["compile_mode"] == "onnxruntime" for t in result.trials if not t.reference)
     bundle = root / "bundle"
-    assert sorted(p.name for p in bundle.iterdir()) == ["autoopt.json", "model.onnx"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["autoopt.json", "example_inputs.npz", "model.onnx"]
     manifest = json.loads((bundle / "autoopt.json").read_text())
     assert manifest["format"] == "onnx" and manifest["config"]["compile_mode"] == "onnxruntime"
     assert [i["name"] for i in manifest["inputs"]] == ["features", "mask"]
@@ -133,6 +133,30 @@ def test_cli_export_and_trials(onnx_study):
     assert bad.exit_code == 2 and "--format must be one of [onnx, openvino, torchscript]. Got 'tflite'." in bad.output
     missing = runner.invoke(app, ["trials", "--study", "nope", "--tracking-uri", str(root / "store")])
     assert missing.exit_code == 2 and "No study named 'nope'" in missing.output
+
+
+def test_bench_re_times_a_bundle_in_fresh_processes_beside_the_search_s_figure(onnx_study, tmp_path):
+    _, root = onnx_study
+    runner = CliRunner()
+    done = runner.invoke(app, ["bench", str(root / "bundle"), "--batch", "5", "--processes", "2", "--json"])
+    assert done.exit_code == 0, done.output
+    figures = json.loads(done.stdout)
+    manifest = json.loads((root / "bundle" / "autoopt.json").read_text())
+    assert figures["batch"] == 5 and len(figures["per_process_p50_ms"]) == 2 and figures["throughput"] > 0
+    assert figures["search"]["latency_ms_p50"] == manifest["remeasured"]["latency_ms_p50"]
+    assert figures["search"]["batch"] == manifest["config"]["batch_size"]
+    assert figures["cpu"].split(",")[0] in figures["built_on"]
+    text = runner.invoke(app, ["bench", str(root / "bundle"), "--processes", "1"])
+    assert text.exit_code == 0 and "median of 1 fresh processes: p50" in " ".join(text.output.split())
+    assert "The search recorded p50" in " ".join(text.output.split())
+    missing = runner.invoke(app, ["bench", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "the folder does not exist. Expected a bundle written by" in missing.output
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in ("autoopt.json", "model.onnx"):
+        (old / f).write_bytes((root / "bundle" / f).read_bytes())
+    earlier = runner.invoke(app, ["bench", str(old)])
+    assert earlier.exit_code == 2 and "has no example_inputs.npz" in earlier.output
 
 
 def test_a_study_measured_on_cuda_is_not_exported_as_something_else():

@@ -37,6 +37,19 @@ def test_search_prints_trials_and_the_final_table(tmp_path):
                                    "tags.`autoopt.winner` = 'true'")
     assert winner.data.tags["autoopt.trial"] == number
     assert f"{winner.data.metrics['remeasured_throughput_samples_per_s']:,.0f}" == printed
+    listed = invoke("trials", "--tracking-uri", str(tmp_path))  # no --study: the latest one
+    assert listed.exit_code == 0 and "Study cli" in listed.output, listed.output
+
+
+def test_version_and_a_store_without_studies(tmp_path):
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.startswith(f"autoopt {version('autoopt')} (torch {version('torch')}")
+    for command in ("trials", "export"):
+        result = invoke(command, "--tracking-uri", str(tmp_path / "empty"))
+        assert result.exit_code == 2
+        assert "error: No study in this storage yet" in result.output and "Run `autoopt search` first" in result.output
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -243,3 +256,45 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, write_file):
     assert sorted(int(r.data.tags["autoopt.trial"]) for r in children) == [0, 1, 2, 3]  # one run per trial
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert {r.info.status for r in children if r.data.tags["autoopt.trial"] == "0"} == {"FAILED"}
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, write_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = write_file("space.yaml", "batch_size: [1, 4]\ncompile_mode: [eager, onnxruntime]\ngraph_fusion: [basic, none]\n"
+                                     "quant_granularity: [per_channel, per_tensor]\n")
+    result = invoke("search", TINY_MLP, "--space", space, "--dry-run", "--trials", "7", "--target-latency", "5ms")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    # eager x 2 batch sizes + onnxruntime x 2 fusions x 2 batch sizes; quant_granularity changes nothing unquantized
+    assert "Distinct configurations: 6;" in out
+    assert "│ graph_fusion │ [basic, none]" in out
+    assert "Warm start, right after the reference" in out and "batch_size=4 compile_mode=onnxruntime" in out
+    assert "Budget: 7 trials (the reference included), 1 at a time; targets: p95 <= 5 ms, accuracy drop <= 0.01." in out
+    assert not (tmp_path / "mlruns").exists()  # no study, no MLflow run
+
+
+def test_dry_run_of_the_default_space_counts_batch_sizes_as_a_factor(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    import autoopt
+
+    plan = autoopt.plan(TINY_MLP, device="cpu")
+    assert plan.counted_as_independent == ["batch_size"] and plan.distinct_configurations % 128 == 0
+    assert plan.to_dict()["domains"]["batch_size"] == "1..128, log" and not (tmp_path / "mlruns").exists()
+
+
+def test_json_documents_of_search_trials_and_export(tmp_path):
+    import json
+
+    result = invoke("search", TINY_MLP, "--trials", "2", "--seed", "0", "--tracking-uri", str(tmp_path), "--study", "js",
+                    "--remeasure-top", "0", "--export", "onnx", "--out", str(tmp_path / "b1"), "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)  # stdout is the document alone: progress went to stderr
+    assert document["study"] == "js" and document["reference"]["number"] == 0 and len(document["trials"]) == 2
+    assert document["best"]["feasible"] and document["best"]["metrics"]["throughput"] > 0
+    assert "#0   batch_size=1" in result.stderr
+    listed = json.loads(invoke("trials", "--tracking-uri", str(tmp_path), "--json").stdout)
+    assert listed["study"] == "js" and [t["number"] for t in listed["trials"]] == [0, 1]
+    assert document["exported"]["path"] == str(tmp_path / "b1") and document["exported"]["manifest"]["format"] == "onnx"
+    exported = invoke("export", "--tracking-uri", str(tmp_path), "--out", str(tmp_path / "b2"), "--json")
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(exported.stdout)["manifest"]["source"] == document["exported"]["manifest"]["source"]

@@ -26,6 +26,30 @@ def test_store_resolution(tmp_path, monkeypatch):
     assert store == tmp_path / "db"
 
 
+
+def test_mlflow_tracking_uri_decides_the_store_when_no_flag_does(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from autoopt.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "team-store"))
+    assert resolve_store(None) == (f"sqlite:///{tmp_path}/team-store/mlflow.db", tmp_path / "team-store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "file-store").as_uri())  # MLflow's file: spelling
+    assert resolve_store(None)[1] == tmp_path / "file-store"
+    assert resolve_store(str(tmp_path / "flag"))[1] == tmp_path / "flag"  # the flag wins
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "team-store"))
+    result = CliRunner().invoke(app, ["search", TINY_MLP, "--trials", "1", "--seed", "0", "--min-time", "0.05s",
+                                      "--remeasure-top", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "mlruns").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/team-store/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tiny_mlp").experiment_id])
+    assert {r.data.tags["autoopt.role"] for r in runs} == {"study", "trial"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,76 @@
+"""`autoopt bench BUNDLE`: re-time an exported bundle the way its export verified it.
+
+Each run is a fresh interpreter that cannot import autoopt (verifier.py), started with the bundle's
+malloc environment, loading the model with its format's plain loader and timing a warm-up then three
+blocks of calls on the bundle's example inputs (`example_inputs.npz`, written by the export), tiled
+to the batch size. The median over the fresh processes is reported beside the figures the search and
+the export recorded, and the CPU of both machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError
+
+EXAMPLE_INPUTS = "example_inputs.npz"  # a few rows of the pipeline's make_inputs, in input order
+
+
+def read_bundle(path) -> dict:
+    """The manifest of the bundle at `path`; a ConfigError saying what is missing otherwise."""
+    bundle = Path(path)
+    if not (bundle / "autoopt.json").is_file():
+        what = "does not exist" if not bundle.exists() else "has no autoopt.json"
+        raise ConfigError(f"Bundle {path}: the folder {what}. Expected a bundle written by `autoopt export` or "
+                          "`autoopt search --export` (a model file and autoopt.json).")
+    return json.loads((bundle / "autoopt.json").read_text())
+
+
+def tiled(arrays: list, batch: int) -> list:
+    """Rows of each array repeated along the batch axis up to `batch` rows (as make_inputs does)."""
+    import numpy as np
+
+    return [np.ascontiguousarray(a[np.arange(batch) % len(a)]) for a in arrays]
+
+
+def retime(path, batch: int | None = None, processes: int = 3) -> dict:
+    """Re-time the bundle at `path` at `batch` (default: the trial's) in `processes` fresh processes."""
+    import numpy as np
+
+    from .bundle import run_verifier
+    from .machine import cpu_description, cpu_info
+    from .runtimes import export_format
+
+    manifest = read_bundle(path)
+    bundle = Path(path).resolve()
+    if not (bundle / EXAMPLE_INPUTS).is_file():
+        raise ConfigError(f"Bundle {path} has no {EXAMPLE_INPUTS} (it was exported by an earlier autoopt): there are "
+                          "no inputs to time it on. Export it again with `autoopt export`.")
+    batch = int(batch or manifest["config"]["batch_size"])
+    with np.load(bundle / EXAMPLE_INPUTS) as data:
+        example = [data[f"arr_{i}"] for i in range(len(manifest["inputs"]))]
+    work = Path(tempfile.mkdtemp(prefix="autoopt-bench-"))
+    try:
+        np.savez(work / f"inputs_{batch}.npz", *tiled(example, batch))
+        env = {**os.environ, **manifest["runtime"].get("environment", {})}
+        fmt = export_format(manifest["format"])
+        reports = [run_verifier(work, bundle, fmt, [], batch, env) for _ in range(processes)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    p50 = statistics.median(r["latency_ms_p50"] for r in reports)
+    recorded = manifest.get("remeasured") or manifest["metrics"]
+    return {
+        "bundle": str(bundle), "format": manifest["format"], "batch": batch, "processes": processes,
+        "latency_ms_p50": p50, "latency_ms_p95": statistics.median(r["latency_ms_p95"] for r in reports),
+        "throughput": batch / (p50 / 1e3), "per_process_p50_ms": [r["latency_ms_p50"] for r in reports],
+        "cpu": cpu_description(cpu_info()), "built_on": cpu_description(manifest["machine"]) if "machine" in manifest else None,
+        "search": {"batch": manifest["config"]["batch_size"], "latency_ms_p50": recorded.get("latency_ms_p50"),
+                   "latency_ms_p95": recorded.get("latency_ms_p95"), "throughput": recorded.get("throughput"),
+                   "remeasured": bool(manifest.get("remeasured"))},
+        "export_fresh_process_latency_ms_p50": manifest.get("verification", {}).get("fresh_process_latency_ms_p50"),
+    }
