@@ -15,7 +15,8 @@ from .printing import (console, describe, err, print_bench, print_export, print_
                        trials_table)
 from .progress import Progress
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+TRACKING_HELP = "MLflow tracking URI or store directory (default: $MLFLOW_TRACKING_URI, else ./mlruns)."
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the fastest deployable version of a PyTorch model that meets your targets.")
 
 
@@ -35,12 +36,12 @@ def search(
     timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long: 30m, 2h."),
     seed: Optional[int] = typer.Option(None, help="Sampler seed."),
     study: Optional[str] = typer.Option(None, help="Study name; the same name resumes a study."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
+    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     trial_timeout: str = typer.Option("10m", help="Time limit of one trial: 10m, 600s."),
     min_time: str = typer.Option("1s", help="Timed calls of one trial last at least this long (more = steadier)."),
-    export: Optional[str] = typer.Option(None, help="After the search, export the best trial: onnx or torchscript "
+    export: Optional[str] = typer.Option(None, help="After the search, export the best trial in this format "
                                                     "(the search then only samples the runtime it ships)."),
     out: Optional[str] = typer.Option(None, help="Bundle directory of --export (default: exports/<study>)."),
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
@@ -99,6 +100,35 @@ def _search_exit_code(result, export: str | None) -> int:
     return 3 if result.best is None or (export and result.exported is None) else 0
 
 
+# --help groups search's options in panels and lists the values of those that take one of a few
+# (validated once, by the API, with its one-line message).
+SEARCH_PANELS = {
+    "Targets": ("target_latency", "target_memory", "max_accuracy_drop"),
+    "Search": ("space", "trials", "timeout", "seed", "study", "sampler", "warm_start", "task", "early_stop",
+               "remeasure_top", "dry_run"),
+    "Execution": ("device", "trial_timeout", "min_time", "jobs", "fresh_workers"),
+    "Storage": ("tracking_uri", "storage"),
+    "Export and output": ("export", "out", "register", "json_out"),
+}
+CHOICES = {"device": "[auto|cpu|cuda]", "sampler": "[tpe|gp|random|grid]", "task": "[infer|train]",
+           "export": "[onnx|openvino|torchscript]", "format": "[onnx|openvino|torchscript]"}
+
+
+def _describe_options(command, panels: dict | None = None) -> None:
+    import inspect
+
+    parameters = inspect.signature(command).parameters
+    for panel, names in (panels or {}).items():
+        for name in names:
+            parameters[name].default.rich_help_panel = panel
+    for name, metavar in CHOICES.items():
+        if name in parameters:
+            parameters[name].default.metavar = metavar
+
+
+_describe_options(search, SEARCH_PANELS)
+
+
 def _report_search(result, export: str | None, flags: dict) -> None:
     """The outcome of a search, and its exit code: 130 interrupted, 3 nothing feasible or exportable."""
     console.print(summary_table(result))
@@ -140,10 +170,10 @@ def _report_search(result, export: str | None, flags: dict) -> None:
 def export_command(
     study: Optional[str] = typer.Option(None, help="The study to export from (default: the latest study)."),
     trial: Optional[int] = typer.Option(None, help="Trial number (default: the best feasible trial for the format)."),
-    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    format: str = typer.Option("onnx", "--format", help="The bundle's format."),
     out: Optional[str] = typer.Option(None, help="Bundle directory (default: exports/<study>)."),
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
+    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
     json_out: bool = typer.Option(False, "--json", help="Print the bundle's path and manifest as one JSON document."),
 ) -> None:
@@ -159,6 +189,9 @@ def export_command(
         print_json({"path": str(exported.path), "manifest": exported.manifest})
         return
     print_export(exported)
+
+
+_describe_options(export_command)
 
 
 @app.command()
@@ -184,7 +217,7 @@ def bench(
 @app.command()
 def trials(
     study: Optional[str] = typer.Option(None, help="The study to list (default: the latest study)."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
+    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
     json_out: bool = typer.Option(False, "--json", help="Print the trials as one JSON document."),
 ) -> None:
@@ -203,7 +236,7 @@ def trials(
 
 @app.command()
 def ui(
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI or store directory (default: ./mlruns)."),
+    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
     port: int = typer.Option(5000, min=1, max=65535, help="Port on 127.0.0.1."),
     study: Optional[str] = typer.Option(None, help="Open this study's trials (default: the latest study)."),
 ) -> None:

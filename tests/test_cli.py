@@ -298,3 +298,15 @@ def test_json_documents_of_search_trials_and_export(tmp_path):
     exported = invoke("export", "--tracking-uri", str(tmp_path), "--out", str(tmp_path / "b2"), "--json")
     assert exported.exit_code == 0, exported.output
     assert json.loads(exported.stdout)["manifest"]["source"] == document["exported"]["manifest"]["source"]
+
+
+def test_help_groups_options_lists_choices_and_offers_completion():
+    import re
+
+    wide = CliRunner(env={"COLUMNS": "200", "TERM": "dumb"})
+    text = re.sub(r"\x1b\[[0-9;]*m", "", wide.invoke(app, ["search", "--help"]).output)
+    for panel in ("Targets", "Search", "Execution", "Storage", "Export and output"):
+        assert f"─ {panel} ─" in text
+    assert "[auto|cpu|cuda]" in text and "[tpe|gp|random|grid]" in text and "[onnx|openvino|torchscript]" in text
+    root = wide.invoke(app, ["--help"]).output
+    assert "--install-completion" in root and "--version" in root
