@@ -133,7 +133,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             if source != target:
                 shutil.copyfile(source, target)
         reference = pipe.build_model().eval()  # the export transforms build_model; build_reference only scores
-        compared = _fidelity_model(pipe, config, ctx)
+        compared = _fidelity_model(pipe, config, ctx, reference)
         for extra in tmp.iterdir():  # intermediate files of the build
             if extra not in shipped:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
@@ -184,16 +184,16 @@ def _write_example_inputs(bundle: Path, pipe) -> None:
     np.savez(bundle / EXAMPLE_INPUTS, *[t.detach().cpu().numpy() for t in pipe.make_inputs(EXAMPLE_ROWS)])
 
 
-def _fidelity_model(pipe, config: dict, ctx):
-    """The model the exported file is compared with: build_model's, or the retrained one where a knob
-    retrained the weights (knobs.fidelity_base: a distilled student, fp32 eager, from the cache)."""
+def _fidelity_model(pipe, config: dict, ctx, reference):
+    """The model the exported file is compared with: `reference` (build_model's), or the retrained one where a
+    knob retrained the weights (knobs.fidelity_base: a distilled student, fp32 eager, from the cache)."""
     import dataclasses
 
     base = knobs.fidelity_base(config)
-    model = pipe.build_model().eval()
-    if base:
-        model = knobs.apply_model_knobs(model, base, dataclasses.replace(ctx, report={}, notes=[]))
-        model.eval()
+    if not base:
+        return reference
+    model = knobs.apply_model_knobs(pipe.build_model().eval(), base, dataclasses.replace(ctx, report={}, notes=[]))
+    model.eval()
     return model
 
 

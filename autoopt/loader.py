@@ -10,6 +10,16 @@ from pathlib import Path
 from .errors import ConfigError
 
 
+def read_manifest(path, who: str) -> dict:
+    """The manifest of the bundle at `path`; a ConfigError naming `who` asked and what is missing otherwise."""
+    bundle = Path(path)
+    if not (bundle / "autoopt.json").is_file():
+        what = "does not exist" if not bundle.exists() else "has no autoopt.json"
+        raise ConfigError(f"{who}: the folder {what}. Expected a bundle written by `autoopt export` or "
+                          "`autoopt search --export` (a model file and autoopt.json).")
+    return json.loads((bundle / "autoopt.json").read_text())
+
+
 def load(path):
     from torch.utils import _pytree as pytree
 
@@ -17,11 +27,7 @@ def load(path):
     from .runtimes import export_format
 
     bundle = Path(path)
-    if not (bundle / "autoopt.json").is_file():
-        what = "does not exist" if not bundle.exists() else "has no autoopt.json"
-        raise ConfigError(f"autoopt.load({str(path)!r}): the folder {what}. Expected a bundle written by "
-                          "`autoopt export` or `autoopt search --export` (a model file and autoopt.json).")
-    manifest = json.loads((bundle / "autoopt.json").read_text())
+    manifest = read_manifest(path, f"autoopt.load({str(path)!r})")
     spec = pytree.treespec_loads(manifest["outputs"]["pytree"])
     pin_allocator(manifest["runtime"].get("environment", {}))  # the malloc settings it was measured with (process-wide)
     return export_format(manifest["format"]).load(bundle, manifest, spec)

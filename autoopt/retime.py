@@ -9,7 +9,6 @@ the export recorded, and the CPU of both machines.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -19,16 +18,6 @@ from pathlib import Path
 from .errors import ConfigError
 
 EXAMPLE_INPUTS = "example_inputs.npz"  # a few rows of the pipeline's make_inputs, in input order
-
-
-def read_bundle(path) -> dict:
-    """The manifest of the bundle at `path`; a ConfigError saying what is missing otherwise."""
-    bundle = Path(path)
-    if not (bundle / "autoopt.json").is_file():
-        what = "does not exist" if not bundle.exists() else "has no autoopt.json"
-        raise ConfigError(f"Bundle {path}: the folder {what}. Expected a bundle written by `autoopt export` or "
-                          "`autoopt search --export` (a model file and autoopt.json).")
-    return json.loads((bundle / "autoopt.json").read_text())
 
 
 def tiled(arrays: list, batch: int) -> list:
@@ -43,10 +32,11 @@ def retime(path, batch: int | None = None, processes: int = 3) -> dict:
     import numpy as np
 
     from .bundle import run_verifier
-    from .machine import cpu_description, cpu_info
+    from .loader import read_manifest
+    from .machine import cpu_description
     from .runtimes import export_format
 
-    manifest = read_bundle(path)
+    manifest = read_manifest(path, f"Bundle {path}")
     bundle = Path(path).resolve()
     if not (bundle / EXAMPLE_INPUTS).is_file():
         raise ConfigError(f"Bundle {path} has no {EXAMPLE_INPUTS} (it was exported by an earlier autoopt): there are "
@@ -68,7 +58,7 @@ def retime(path, batch: int | None = None, processes: int = 3) -> dict:
         "bundle": str(bundle), "format": manifest["format"], "batch": batch, "processes": processes,
         "latency_ms_p50": p50, "latency_ms_p95": statistics.median(r["latency_ms_p95"] for r in reports),
         "throughput": batch / (p50 / 1e3), "per_process_p50_ms": [r["latency_ms_p50"] for r in reports],
-        "cpu": cpu_description(cpu_info()), "built_on": cpu_description(manifest["machine"]) if "machine" in manifest else None,
+        "cpu": cpu_description(), "built_on": cpu_description(manifest["machine"]) if "machine" in manifest else None,
         "search": {"batch": manifest["config"]["batch_size"], "latency_ms_p50": recorded.get("latency_ms_p50"),
                    "latency_ms_p95": recorded.get("latency_ms_p95"), "throughput": recorded.get("throughput"),
                    "remeasured": bool(manifest.get("remeasured"))},
