@@ -30,7 +30,6 @@ BATCHES = (1, 32)
 
 def variants(pipeline, max_drops: list[float]) -> list[dict]:
     import nncf
-    import openvino
 
     model = pipeline.build_model().eval()
     converted, names, spec = ov_runtime._convert(model, pipeline.make_inputs(2))
@@ -38,7 +37,7 @@ def variants(pipeline, max_drops: list[float]) -> list[dict]:
     calibration = nncf.Dataset(batches, lambda batch: {n: t.numpy() for n, t in zip(names, batch)})
     ops = {op.get_type_name() for op in converted.get_ops()}
     preset = nncf.ModelType.TRANSFORMER if all(op in ops for op in ov_runtime.ATTENTION_OPS) else None
-    core = openvino.Core()
+    core = ov_runtime._core()
 
     def compiled(ir):
         return core.compile_model(ir, "CPU", ov_runtime.properties(2, "fp32"))

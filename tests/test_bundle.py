@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -72,8 +73,65 @@ def test_exported_model_is_logged_and_registered(onnx_study):
     mlflow.set_tracking_uri(f"sqlite:///{root / 'store'}/mlflow.db")
     loaded = mlflow.pyfunc.load_model("models:/tiny-dict/1")
     pipe = autoopt.load_pipeline(TINY_DICT)
-    features, mask = (t.numpy() for t in pipe.make_inputs(2))
-    assert set(loaded.predict({"features": features, "mask": mask})) == {"output_0", "output_1"}
+    inputs = pipe.make_inputs(5)  # another batch size than the example's: the batch axis is dynamic
+    got = loaded.predict({"features": inputs[0].numpy(), "mask": inputs[1].numpy()})
+    expected = pipe.build_model()(*inputs)
+    assert set(got) == {"logits", "pooled"}  # the bundle's output paths
+    for key in got:  # the reference's outputs within the export tolerance (exact here: fp32 ONNX)
+        np.testing.assert_allclose(got[key], expected[key].detach().numpy(), rtol=1e-4, atol=1e-5)
+    manifest = json.loads((root / "bundle" / "autoopt.json").read_text())
+    model = mlflow.models.get_model_info("models:/tiny-dict/1")
+    assert [(i.name, i.shape) for i in model.signature.inputs.inputs] == [("features", (-1, 5, 8)), ("mask", (-1, 5))]
+    assert model.saved_input_example_info is not None
+    requirements = mlflow.pyfunc.get_model_dependencies("models:/tiny-dict/1")
+    text = open(requirements).read()
+    assert f"onnxruntime=={manifest['versions']['onnxruntime']}" in text and "numpy==" in text
+    logged = mlflow.get_logged_model(model.model_id)
+    assert logged.params["compile_mode"] == "onnxruntime" and logged.params["batch_size"] == str(manifest["config"]["batch_size"])
+    assert {m.key for m in logged.metrics} >= {"throughput_samples_per_s", "latency_ms_p95", "accuracy",
+                                                "remeasured_throughput_samples_per_s"}
+
+
+@pytest.mark.slow
+def test_mlflow_serves_the_registered_bundle_over_http(onnx_study):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    _, root = onnx_study
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store'}/mlflow.db"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tiny-dict/1",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the model server did not start within 120 s"
+                time.sleep(0.5)
+        pipe = autoopt.load_pipeline(TINY_DICT)
+        inputs = pipe.make_inputs(3)
+        body = json.dumps({"inputs": {"features": inputs[0].tolist(), "mask": inputs[1].tolist()}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            predictions = json.loads(response.read())["predictions"]
+        expected = pipe.build_model()(*inputs)
+        np.testing.assert_allclose(np.array(predictions["logits"]), expected["logits"].detach().numpy(), rtol=1e-4,
+                                   atol=1e-5)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
 
 
 def test_a_format_the_trial_cannot_carry_names_the_closest_exportable_trial(onnx_study):

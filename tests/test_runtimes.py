@@ -14,6 +14,7 @@ import autoopt
 from autoopt import bundle, knobs, runtimes
 from autoopt.errors import Unsupported
 from autoopt.pipeline import load_pipeline
+from autoopt.runtimes import export_format
 from autoopt.runtimes.base import ExportFormat, Runtime
 from conftest import TINY_DICT, TINY_MLP
 
@@ -142,7 +143,14 @@ def test_an_exportable_runtime_s_bundle_loads_with_autoopt_load_and_logs_to_mlfl
     model_uri = log_exported_model(uri, run_id, out, manifest)
     import mlflow
 
-    assert mlflow.models.get_model_info(model_uri).flavors
+    # the logged pyfunc runs the bundle with its plain loader: the reference's outputs, keyed by output path
+    got = mlflow.pyfunc.load_model(model_uri).predict({name: t.numpy() for name, t in zip(
+        [i["name"] for i in manifest["inputs"]], inputs)})
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key].detach().numpy(), rtol=1e-4, atol=1e-5)
+    requirements = open(mlflow.pyfunc.get_model_dependencies(model_uri)).read()
+    for package in export_format(manifest["format"]).packages:
+        assert f"{package}==" in requirements
 
 
 def test_onnx_export_names_inputs_after_forward_and_has_a_dynamic_batch(tmp_path):

@@ -24,7 +24,8 @@ class ExportFormat:
         cannot be imported, which is the proof that a deployment needs nothing of autoopt.
     load(bundle_dir: Path, manifest: dict, spec) -> predict: `autoopt.load`, with the runtime settings
         the trial was measured with, outputs restored to the pytree `spec`.
-    log_model(mlflow, model_file: str, example: dict of numpy arrays) -> mlflow ModelInfo.
+    packages: the PyPI packages the plain loader needs (pinned in the logged MLflow model, which runs the
+        plain loader: tracking.log_exported_model).
     settings(config: dict, prepared: Prepared) -> dict: runtime settings the manifest records.
     check(model_file: str): a structural check of the file before it is run (raises), or None.
     companions: files that ship beside the model file, under these names (OpenVINO's model.bin).
@@ -34,7 +35,7 @@ class ExportFormat:
     model_file: str
     plain_loader: Callable[[str, dict], Callable]
     load: Callable[..., Callable]
-    log_model: Callable[..., Any]
+    packages: tuple[str, ...]
     settings: Callable[[dict, "Prepared"], dict] = lambda config, prepared: {}
     check: Callable[[str], None] | None = None
     companions: tuple[str, ...] = ()

@@ -248,14 +248,6 @@ def _load_bundle(bundle, manifest: dict, spec):
     return predictor(sess, [i["name"] for i in manifest["inputs"]], spec)
 
 
-def _log_model(mlflow, model_file: str, example: dict):
-    import onnx
-
-    return mlflow.onnx.log_model(onnx.load(model_file), name="model", input_example=example,
-                                 pip_requirements=["onnxruntime", "onnx", "numpy"],
-                                 onnx_execution_providers=["CPUExecutionProvider"])
-
-
 def _check(model_file: str) -> None:
     import onnx
 
@@ -263,6 +255,6 @@ def _check(model_file: str) -> None:
 
 
 EXPORT = ExportFormat(
-    name="onnx", model_file="model.onnx", plain_loader=plain_loader, load=_load_bundle, log_model=_log_model,
+    name="onnx", model_file="model.onnx", plain_loader=plain_loader, load=_load_bundle, packages=("onnxruntime",),
     settings=lambda config, prepared: {"graph_fusion": config.get("graph_fusion", "basic")}, check=_check,
 )

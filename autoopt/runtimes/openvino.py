@@ -25,9 +25,18 @@ ATTENTION_OPS = ("MatMul", "Softmax")  # both present: a transformer for NNCF's 
 
 
 def _core():
+    """The process's one OpenVINO Core, never destroyed. OpenVINO's CPU plugin gives the thread that
+    creates it a signal stack of its own (mapped per Core, unmapped when the Core dies) and puts back the
+    one it replaced: two Cores that die in the order they were made leave the process on an unmapped
+    signal stack, and its next signal (Ctrl-C) is a segmentation fault (seen with OpenVINO 2026.4 on an
+    AMX CPU, where it took a test session down). plain_loader keeps the same Core, so that a bundle
+    loaded beside autoopt (an MLflow pyfunc) shares it."""
     import openvino
 
-    return openvino.Core()
+    core = getattr(openvino, "_shared_core", None)
+    if core is None:
+        core = openvino._shared_core = openvino.Core()
+    return core
 
 
 @functools.cache  # asked for every sampled configuration; an OpenVINO Core costs about 25 ms
@@ -146,8 +155,13 @@ def plain_loader(bundle: str, manifest: dict):
     """Stock openvino with the threads and precision the trial was measured with (see ExportFormat)."""
     import openvino
 
+    # One Core per process, kept for its life: a second Core destroyed out of order crashes the process at
+    # its next signal (an OpenVINO bug; see autoopt.runtimes.openvino._core).
+    core = getattr(openvino, "_shared_core", None)
+    if core is None:
+        core = openvino._shared_core = openvino.Core()
     settings = manifest["runtime"]
-    compiled = openvino.Core().compile_model(bundle + "/" + manifest["model_file"], "CPU", {
+    compiled = core.compile_model(bundle + "/" + manifest["model_file"], "CPU", {
         "INFERENCE_NUM_THREADS": settings["threads"], "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": settings["inference_precision"]})
     request = compiled.create_infer_request()
@@ -168,21 +182,8 @@ def _load_bundle(bundle, manifest: dict, spec):
     return predictor(compiled, spec)
 
 
-def _log_model(mlflow, model_file: str, example: dict):
-    """A pyfunc model (MLflow has no OpenVINO flavor): the IR as artifacts, served by openvino_pyfunc.py,
-    a file that needs only mlflow, openvino and numpy where it is loaded."""
-    import openvino
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=os.path.join(here, "openvino_pyfunc.py"),
-        artifacts={"model_xml": model_file, "model_bin": os.path.join(os.path.dirname(model_file), "model.bin")},
-        pip_requirements=[f"openvino=={openvino.__version__}", "numpy"], input_example=example,
-    )
-
-
 EXPORT = ExportFormat(
-    name="openvino", model_file="model.xml", plain_loader=plain_loader, load=_load_bundle, log_model=_log_model,
+    name="openvino", model_file="model.xml", plain_loader=plain_loader, load=_load_bundle, packages=("openvino",),
     settings=lambda config, prepared: {"inference_precision": HINTS[config.get("precision", "fp32")]},
     companions=("model.bin",),
 )

@@ -147,17 +147,7 @@ def _load_bundle(bundle, manifest: dict, spec):
     return torch_predictor(module, getattr(torch, manifest["runtime"]["dtype"]), "cpu", spec)
 
 
-def _log_model(mlflow, model_file: str, example: dict):
-    import torch
-
-    # ScriptModules are logged pickled: MLflow's default pt2 format refuses them. The pytorch pyfunc
-    # takes one tensor, so only a single-input model gets an input example.
-    single = next(iter(example.values())) if len(example) == 1 else None
-    return mlflow.pytorch.log_model(torch.jit.load(model_file), name="model", serialization_format="pickle",
-                                    pip_requirements=["torch"], input_example=single)
-
-
 EXPORT = ExportFormat(
-    name="torchscript", model_file="model.pt", plain_loader=plain_loader, load=_load_bundle, log_model=_log_model,
+    name="torchscript", model_file="model.pt", plain_loader=plain_loader, load=_load_bundle, packages=("torch",),
     settings=lambda config, prepared: {"dtype": str(prepared.state.get("dtype", "torch.float32")).replace("torch.", "")},
 )
