@@ -13,6 +13,8 @@ from .errors import ConfigError, option
 from .options import SearchOptions
 from .pipeline import Pipeline
 from .results import TrialRecord, closest_infeasible, ranked_feasible, records, reference_of, speedup
+from .search_config import FILE_NAME as SEARCH_FILE
+from .search_config import merge, to_yaml
 from .storage import load_study
 from .targets import Targets
 
@@ -34,6 +36,7 @@ class SearchResult:
     export_interrupted: bool = False  # Ctrl-C stopped the export of a finished search: nothing was written
     exported: object = None  # the ExportResult when the search was asked to export
     task: str = "infer"
+    options: SearchOptions | None = None  # what the search ran with (the config file's and the keywords')
 
     @property
     def reference(self) -> TrialRecord | None:
@@ -93,15 +96,17 @@ class SearchResult:
         return runs_url(base, self.experiment_id, self.study_name)
 
 
-def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: SearchOptions | None = None,
-           listeners: list | tuple = (), **keywords) -> SearchResult:
+def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str | os.PathLike | None = None,
+           options: SearchOptions | None = None, listeners: list | tuple = (), **keywords) -> SearchResult:
     """Search for the fastest configuration of `pipeline` that meets the targets.
 
-    pipeline: a pipeline file, a bundled pipeline name, or a Pipeline (default: the bundled default).
-    keywords: the options (target_latency="100ms", target_memory="1GB", max_accuracy_drop="1%",
-    trials=20, export="onnx", ...; every one is described in `SearchOptions`), or `options` built by
-    `SearchOptions.parse`. listeners: objects with optional trial_started(record) / trial_finished(record)
-    methods (called from the job threads).
+    pipeline: a pipeline file, a bundled pipeline name, or a Pipeline (default: the config file's, else
+    the bundled default). keywords: the options (target_latency="100ms", target_memory="1GB",
+    max_accuracy_drop="1%", trials=20, export="onnx", ...; every one is described in `SearchOptions`),
+    or `options` built by `SearchOptions.parse`. config: a YAML file of options (search_config); the
+    keywords override it. listeners: objects with optional search_started(total, done, best, jobs,
+    timeout_s) / trial_started(record) / trial_finished(record) / search_finished() methods (the trial
+    events come from the job threads).
     """
     from .accuracy import reference_accuracy
     from .pipeline import check_pipeline, load_pipeline
@@ -111,8 +116,10 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
     from .study import open_study, run
     from .tracking import Tracker, check_reachable, resolve_store
 
-    if options is not None and keywords:
-        raise ConfigError(f"search() takes options= or keywords, not both. Got options= and {sorted(keywords)}.")
+    if options is not None and (keywords or config is not None):
+        given = sorted(keywords) + (["config"] if config is not None else [])
+        raise ConfigError(f"search() takes options= or keywords and config=, not both. Got options= and {given}.")
+    pipeline, keywords = merge(config, pipeline, keywords)
     opts = options or SearchOptions.parse(**keywords)
     pipe = load_pipeline(pipeline)
     log.info("Checking pipeline %s (the first use may train or download its model)…", pipe.name)
@@ -127,6 +134,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
     check_resume(study, search_signature(space, opts.targets, opts.task, opts.device), space.source)
     tracker = Tracker(uri, store, pipe.name if opts.task == "infer" else f"{pipe.name}-train")  # metrics differ by task
     tracker.start_study(name, _study_params(pipe, space, opts, ref_accuracy))
+    tracker.log_text(to_yaml(pipe.source, opts, name), SEARCH_FILE)  # repeats the search: --config search.yaml
     study.set_user_attr("remeasured", {})  # figures of an earlier run of this study are stale now
     # What a later `autoopt export` needs to rebuild a trial and log the model beside the study.
     set_search_meta(study, {"pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id,
@@ -143,7 +151,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
         result = SearchResult(
             study=study, study_name=name, pipeline=pipe.name, targets=opts.targets, trials=records(study),
             reference_accuracy=ref_accuracy, tracking_uri=uri, task=opts.task, experiment_id=tracker.experiment_id,
-            parent_run_id=tracker.parent_run_id, interrupted=interrupted,
+            parent_run_id=tracker.parent_run_id, interrupted=interrupted, options=opts,
         )
         files = write_report(result.trials, opts.targets, study, result.reference, runner.tmp,
                              f"Study {name} ({pipe.name}, task {opts.task})")
@@ -153,13 +161,15 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, options: Sea
     return result
 
 
-def plan(pipeline: str | os.PathLike | Pipeline | None = None, **keywords):
-    """What `search(pipeline, **keywords)` would do, without running a trial or touching a store
-    (`autoopt search --dry-run`): a planning.SearchPlan."""
+def plan(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str | os.PathLike | None = None,
+         **keywords):
+    """What `search(pipeline, config=config, **keywords)` would do, without running a trial or touching a
+    store (`autoopt search --dry-run`): a planning.SearchPlan."""
     from .machine import search_features
     from .pipeline import load_pipeline
     from .planning import SearchPlan, count_distinct
 
+    pipeline, keywords = merge(config, pipeline, keywords)
     opts = SearchOptions.parse(**keywords)
     pipe = load_pipeline(pipeline)
     space = _resolve_space(pipe, opts)
@@ -271,7 +281,7 @@ class Trials(list):
 def _export_and_log(optuna_study, chosen: TrialRecord, fmt: str, out, register: str | None, pipeline):
     from .bundle import export_trial
     from .storage import trial_meta
-    from .tracking import log_exported_model
+    from .logged_model import log_exported_model
 
     result = export_trial(optuna_study, chosen, fmt, out, pipeline)
     meta = trial_meta(optuna_study, chosen)  # the MLflow store of the machine that ran the trial

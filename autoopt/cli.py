@@ -27,7 +27,11 @@ def _fail(exc: AutoOptError) -> None:
 
 @app.command()
 def search(
-    pipeline: Optional[str] = typer.Argument(None, help="Pipeline file or bundled name (default: digits_cnn)."),
+    ctx: typer.Context,
+    pipeline: Optional[str] = typer.Argument(None, help="Pipeline file or bundled name (default: the config's, "
+                                                        "else digits_cnn)."),
+    config: Optional[str] = typer.Option(None, help="A YAML file of search options: targets, space, options "
+                                                    "(the flags given override it)."),
     target_latency: Optional[str] = typer.Option(None, help="p95 latency bound of one batch call: 100ms, 0.1s, 250us."),
     target_memory: Optional[str] = typer.Option(None, help="Peak memory bound: 512MB, 2GiB."),
     max_accuracy_drop: str = typer.Option("1%", help="Allowed metric drop vs the reference: 1% or 0.01."),
@@ -65,24 +69,19 @@ def search(
     """Search for the fastest configuration that meets the targets; log every trial to MLflow."""
     from . import api
 
+    # Only the flags given: the others take the config file's values, else the API's defaults. (By the
+    # source's name: recent typer carries a click of its own, whose ParameterSource is not click's.)
+    given = {name: value for name, value in ctx.params.items() if name not in ("pipeline", "config", "dry_run", "json_out")
+             and ctx.get_parameter_source(name).name != "DEFAULT"}
     if dry_run:
         try:
-            plan = api.plan(pipeline, target_latency=target_latency, target_memory=target_memory,
-                            max_accuracy_drop=max_accuracy_drop, space=space, trials=trials, timeout=timeout, seed=seed,
-                            device=device, export=export, task=task, sampler=sampler, warm_start=warm_start, jobs=jobs)
+            plan = api.plan(pipeline, config=config, **given)
         except AutoOptError as exc:
             _fail(exc)
         print_json(plan.to_dict()) if json_out else print_plan(plan)
         return
     try:
-        result = api.search(
-            pipeline, target_latency=target_latency, target_memory=target_memory, max_accuracy_drop=max_accuracy_drop,
-            space=space, trials=trials, timeout=timeout, seed=seed, study=study, tracking_uri=tracking_uri,
-            storage=storage, device=device, trial_timeout=trial_timeout, min_time=min_time, export=export, out=out,
-            register=register, task=task, remeasure_top=remeasure_top, sampler=sampler, warm_start=warm_start,
-            jobs=jobs, fresh_workers=fresh_workers, early_stop=early_stop,
-            listeners=[Progress(err if json_out else console, trials)],
-        )
+        result = api.search(pipeline, config=config, listeners=[Progress(err if json_out else console)], **given)
     except AutoOptError as exc:
         _fail(exc)
     except KeyboardInterrupt:  # before the study started: nothing to report
@@ -90,21 +89,21 @@ def search(
         raise typer.Exit(130) from None
     if json_out:
         print_json(result.to_dict())
-        raise typer.Exit(_search_exit_code(result, export))
-    _report_search(result, export, {"tracking-uri": tracking_uri, "storage": storage, "out": out})
+        raise typer.Exit(_search_exit_code(result))
+    _report_search(result)
 
 
-def _search_exit_code(result, export: str | None) -> int:
+def _search_exit_code(result) -> int:
     if result.interrupted or result.export_interrupted:
         return 130
-    return 3 if result.best is None or (export and result.exported is None) else 0
+    return 3 if result.best is None or (result.options.export and result.exported is None) else 0
 
 
 # --help groups search's options in panels and lists the values of those that take one of a few
 # (validated once, by the API, with its one-line message).
 SEARCH_PANELS = {
     "Targets": ("target_latency", "target_memory", "max_accuracy_drop"),
-    "Search": ("space", "trials", "timeout", "seed", "study", "sampler", "warm_start", "task", "early_stop",
+    "Search": ("config", "space", "trials", "timeout", "seed", "study", "sampler", "warm_start", "task", "early_stop",
                "remeasure_top", "dry_run"),
     "Execution": ("device", "trial_timeout", "min_time", "jobs", "fresh_workers"),
     "Storage": ("tracking_uri", "storage"),
@@ -129,8 +128,10 @@ def _describe_options(command, panels: dict | None = None) -> None:
 _describe_options(search, SEARCH_PANELS)
 
 
-def _report_search(result, export: str | None, flags: dict) -> None:
+def _report_search(result) -> None:
     """The outcome of a search, and its exit code: 130 interrupted, 3 nothing feasible or exportable."""
+    export = result.options.export
+    flags = {"tracking-uri": result.options.tracking_uri, "storage": result.options.storage, "out": result.options.out}
     console.print(summary_table(result))
     if any(t.remeasured for t in result.trials):
         console.print("* re-measured at the end, interleaved with the reference (10 rounds): latency and samples/s are "

@@ -35,7 +35,8 @@ class SearchOptions:
 
     targets: latency (p95 of one batch call, "100ms"; a bare number is ms), memory ("512MB", "2GiB"; a
         bare number is MB) and the allowed accuracy drop ("1%" or 0.01, points of the pipeline metric).
-    space: a search-space YAML file or a bundled space name (default: search_spaces/default.yaml).
+    space: a search-space YAML file or a bundled space name (default: search_spaces/default.yaml), or
+        the space itself as a mapping {knob: domain}.
     trials: finished trials the study should hold (a resumed study counts its earlier trials).
     timeout_s: stop starting trials after this long ("30m"; a bare number is seconds).
     study / storage: the Optuna study name and storage (default: a journal file in the MLflow store).
@@ -103,6 +104,9 @@ class SearchOptions:
         if v["study"] is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(v["study"])):
             raise ConfigError(f"{option('study')} must be a name of letters, digits, '_', '.' and '-'. "
                               f"Got {v['study']!r}.")
+        if v["space"] is not None and not isinstance(v["space"], (str, os.PathLike, dict)):
+            raise ConfigError(f"{option('space')} must be a search-space file, a bundled space's name or (in a config "
+                              f"file or from Python) the space itself as a mapping. Got {v['space']!r}.")
         _choice(v["sampler"], "sampler", SAMPLERS)
         _choice(v["task"], "task", TASKS)
         if v["export"] is not None:
@@ -128,6 +132,25 @@ class SearchOptions:
             warm_start=bool(v["warm_start"]) and v["sampler"] != "grid",  # the grid visits every combination anyway
             jobs=v["jobs"], fresh_workers=bool(v["fresh_workers"]), early_stop=bool(v["early_stop"]),
         )
+
+    def as_keywords(self) -> dict:
+        """The keywords that `parse` turns into these options (every option: defaults included)."""
+        def unit(value, suffix):
+            return None if value is None else f"{value:.10g}{suffix}"
+
+        t = self.targets
+        return {
+            "target_latency": unit(t.latency_ms, "ms"), "target_memory": unit(t.memory_mb, "MB"),
+            "max_accuracy_drop": unit(t.max_accuracy_drop * 100, "%"),
+            "space": os.fspath(self.space) if isinstance(self.space, os.PathLike) else self.space,
+            "trials": self.trials, "timeout": unit(self.timeout_s, "s"), "seed": self.seed, "study": self.study,
+            "tracking_uri": None if self.tracking_uri is None else os.fspath(self.tracking_uri),
+            "storage": self.storage, "device": self.device, "trial_timeout": unit(self.trial_timeout_s, "s"),
+            "min_time": unit(self.min_time_s, "s"), "export": self.export,
+            "out": None if self.out is None else os.fspath(self.out), "register": self.register, "task": self.task,
+            "remeasure_top": self.remeasure_top, "sampler": self.sampler, "warm_start": self.warm_start,
+            "jobs": self.jobs, "fresh_workers": self.fresh_workers, "early_stop": self.early_stop,
+        }
 
 
 def resolve_device(device: str) -> str:

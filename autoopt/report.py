@@ -2,8 +2,9 @@
 
 - pareto_front.png / pareto_front.csv: throughput vs accuracy drop, the front marked;
 - trials.csv: every trial, its state and reason, knobs and metrics;
-- param_importances.csv: which knobs moved throughput (Optuna's importance evaluator), when the study
-  has enough complete trials to tell;
+- param_importances.csv / param_importances.png: which knobs moved throughput (Optuna's importance
+  evaluator), when the study has enough complete trials to tell;
+- optimization_history.png: each trial's throughput, feasible or not, and the best feasible so far;
 - report.md: the reference, the winner, why the runner-up lost, and how noisy the machine was.
 """
 
@@ -36,7 +37,9 @@ def write_report(trials: list[TrialRecord], targets: Targets, study, reference: 
             writer = csv.writer(f)
             writer.writerow(["knob", "importance"])
             writer.writerows((k, f"{v:.4f}") for k, v in importances.items())
-        files.append(path)
+        files += [path, plot_importances(importances, workdir)]
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        files.append(plot_history(trials, workdir))
     path = workdir / "report.md"
     path.write_text(markdown(trials, targets, reference, importances, title))
     files.append(path)
@@ -131,12 +134,6 @@ def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord
 
 def write_pareto(trials: list[TrialRecord], max_drop: float, workdir: Path) -> tuple[Path, Path]:
     """pareto_front.csv (the front) and pareto_front.png (every complete trial, the front marked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
     front = pareto_front(trials)
     keys = sorted({k for t in front for k in t.config})
     table = workdir / "pareto_front.csv"
@@ -147,6 +144,7 @@ def write_pareto(trials: list[TrialRecord], max_drop: float, workdir: Path) -> t
             m = t.metrics
             writer.writerow([t.number, *(t.config.get(k) for k in keys), f"{m['throughput']:.2f}",
                              f"{m['accuracy_drop']:.5f}", f"{m['latency_ms_p95']:.3f}", f"{m['peak_memory_mb']:.1f}", t.feasible])
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.reused_from is None]
     for feasible, color, label in ((True, "tab:green", "meets all targets"), (False, "tab:orange", "misses a target")):
@@ -164,8 +162,67 @@ def write_pareto(trials: list[TrialRecord], max_drop: float, workdir: Path) -> t
     ax.set_ylabel("throughput, samples/s (higher is better)")
     ax.set_title("Trials and the Pareto front")
     ax.legend(fontsize=8, loc="best")
+    return table, _save(fig, workdir / "pareto_front.png")
+
+
+def plot_history(trials: list[TrialRecord], workdir: Path) -> Path:
+    """optimization_history.png: throughput by trial number (feasible or not; a reused configuration at
+    its measured figure) and the best feasible throughput so far, the line the search climbs."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    for feasible, color, label in ((True, "tab:green", "meets all targets"), (False, "tab:orange", "misses a target")):
+        group = [t for t in done if t.feasible == feasible]
+        ax.scatter([t.number for t in group], [t.metrics["throughput"] for t in group], color=color, alpha=0.7,
+                   label=label, zorder=2)
+    best, xs, ys = None, [], []
+    for t in done:
+        if t.feasible and (best is None or t.metrics["throughput"] > best):
+            best = t.metrics["throughput"]
+        if best is not None:
+            xs.append(t.number)
+            ys.append(best)
+    ax.step(xs, ys, where="post", color="tab:blue", label="best feasible so far", zorder=1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    values = [t.metrics["throughput"] for t in done if t.metrics["throughput"] > 0]
+    if values and max(values) > 20 * min(values):  # a 50x speedup flattens everything else on a linear axis
+        ax.set_yscale("log")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("throughput, samples/s")
+    ax.set_title("Optimization history")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, workdir / "optimization_history.png")
+
+
+def plot_importances(importances: dict[str, float], workdir: Path) -> Path:
+    """param_importances.png: the knobs by their share of the throughput variance, largest on top."""
+    plt = _pyplot()
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    for y, name in enumerate(names):
+        ax.annotate(f"{importances[name]:.2f}", (importances[name], y), textcoords="offset points", xytext=(4, -3),
+                    fontsize=8)
+    ax.set_xlabel("importance for throughput (Optuna's evaluator; the shares sum to 1)")
+    ax.set_title("What moved throughput")
+    ax.set_xlim(0, max(importances.values()) * 1.15 or 1)
+    return _save(fig, workdir / "param_importances.png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the plots are files
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    plot = workdir / "pareto_front.png"
-    fig.savefig(plot, dpi=100)
-    plt.close(fig)
-    return table, plot
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path

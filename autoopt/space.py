@@ -127,19 +127,22 @@ def resolve_space_path(ref: str | os.PathLike | None, task: str = "infer") -> Pa
     return path
 
 
-def load_space(ref: str | os.PathLike | None = None, device: str = "cpu", task: str = "infer") -> Space:
+def load_space(ref: str | os.PathLike | dict | None = None, device: str = "cpu", task: str = "infer") -> Space:
     """The space of `task`: "infer" (default space: search_spaces/default.yaml) or "train"
     (search_spaces/train.yaml). A knob of the other task is an error, not silently ignored."""
     if task not in knobs.TASKS:
         raise ConfigError(f"task must be one of [{', '.join(knobs.TASKS)}]. Got {task!r}.")
-    path = resolve_space_path(ref, task)
-    where = str(ref) if ref is not None else f"search_spaces/{path.name}"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{where} is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from exc
+    if isinstance(ref, dict):  # a config file's inline space (search_config)
+        raw, where, source = ref, "the inline space", "inline"
+    else:
+        path = resolve_space_path(ref, task)
+        where, source = (str(ref) if ref is not None else f"search_spaces/{path.name}"), str(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError(f"{where} is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from exc
     if raw is None or raw == {}:
         raise ConfigError(f"{where} has no knobs: a search would only measure the reference. List at least one, "
                           f"e.g. 'batch_size: [1, 8, 32]'.")
@@ -159,7 +162,7 @@ def load_space(ref: str | os.PathLike | None = None, device: str = "cpu", task: 
                 f"[{', '.join(task_knobs)}]. Remove it, or search it with "
                 f"{option('task', 'infer' if task == 'train' else 'train')}."
             )
-    space = Space(domains={}, source=str(path), task=task)
+    space = Space(domains={}, source=source, task=task)
     for name in task_knobs:
         knob = knobs.REGISTRY[name]
         if name in raw:

@@ -17,7 +17,7 @@ from typing import Callable
 from . import knobs
 from .machine import host_id
 from .protocol import TrialResult
-from .results import INTERRUPTED, TrialRecord, TrialState
+from .results import INTERRUPTED, TrialRecord, TrialState, records
 from .sampler import WarmStart
 from .storage import search_meta
 from .targets import Targets
@@ -85,6 +85,8 @@ def run(
     budget.recover = lambda: _recover_abandoned(study, storage, listeners)
     if fresh and warm_start:  # a resumed study already has what these would teach
         budget.before_ask = WarmStart(study, space, device, targets)
+    finished_before = [r for r in records(study) if r.state != TrialState.RUNNING and r.reason != ABANDONED]
+    _notify(listeners, "search_started", finished_before, n_trials, len(evaluators), timeout_s)
     errors: list[BaseException] = []
 
     finished = [threading.Event() for _ in evaluators]
@@ -127,6 +129,7 @@ def run(
         raise
     finally:
         budget.stop.set()
+        _notify(listeners, "search_finished")
     for exc in errors:
         raise exc
 

@@ -62,7 +62,14 @@ def test_every_trial_is_a_child_run_with_params_metrics_and_tags(searched):
             "device", "space", "pipeline"} <= set(parent.data.params)
     assert "best_throughput_samples_per_s" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"pareto_front.csv", "pareto_front.png", "trials.csv", "report.md"} <= artifacts
+    assert {"pareto_front.csv", "pareto_front.png", "trials.csv", "report.md", "optimization_history.png",
+            "search.yaml"} <= artifacts
+    assert ("param_importances.csv" in artifacts) == ("param_importances.png" in artifacts)
+    # the study's options, as a config file that repeats the search
+    logged = client.download_artifacts(parent.info.run_id, "search.yaml", str(store))
+    again = autoopt.plan(config=logged)
+    assert (again.pipeline, again.trials, again.targets["latency_ms"], again.targets["max_accuracy_drop"]) == \
+        ("tiny_mlp", 4, 1000.0, 0.2)
     report = open(client.download_artifacts(parent.info.run_id, "report.md", str(store))).read()
     assert f"## Winner\n\ntrial {result.best.number} (" in report and "## How noisy the machine was" in report
     for run in children:

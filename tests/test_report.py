@@ -34,3 +34,17 @@ def test_no_feasible_trial_is_said_plainly(tmp_path):
     rows = write_trials_csv(trials, tmp_path).read_text().splitlines()
     assert rows[0].startswith("trial,state,feasible,reason,reused_from,batch_size,compile_mode,throughput")
     assert rows[1].startswith("0,COMPLETE,False,,,1,eager,100")
+
+
+def test_the_history_and_importance_plots_are_pngs_of_the_trials(tmp_path):
+    import matplotlib.image
+
+    from autoopt.report import plot_history, plot_importances
+
+    trials = [trial(0, 100, 2.0, 0.0, 1), trial(1, 400, 8.0, 0.0, 8), trial(2, 900, 30.0, 0.0, 64),
+              trial(3, 0, 0, 0, 2, state="FAILED", reason="crashed")]
+    for path, name in ((plot_history(trials, tmp_path), "optimization_history.png"),
+                       (plot_importances({"batch_size": 0.8, "compile_mode": 0.2}, tmp_path), "param_importances.png")):
+        assert path == tmp_path / name and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert width == 700 and height >= 250  # 7 inches at 100 dpi

@@ -75,7 +75,8 @@ def test_the_logged_pyfunc_loads_and_predicts_without_autoopt(tmp_path):
     import mlflow
 
     from autoopt import bundle
-    from autoopt.tracking import Tracker, log_exported_model, resolve_store
+    from autoopt.logged_model import log_exported_model
+    from autoopt.tracking import Tracker, resolve_store
 
     pipe = load_pipeline(TINY_DICT)
     _, prepared = build(pipe, tmp_path / "build")

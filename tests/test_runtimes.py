@@ -129,7 +129,8 @@ def test_an_exportable_runtime_s_bundle_runs_in_a_process_without_autoopt(bundle
 
 
 def test_an_exportable_runtime_s_bundle_loads_with_autoopt_load_and_logs_to_mlflow(bundle_dir, tmp_path):
-    from autoopt.tracking import Tracker, log_exported_model, resolve_store
+    from autoopt.logged_model import log_exported_model
+    from autoopt.tracking import Tracker, resolve_store
 
     out, spec, pipe = bundle_dir
     inputs = pipe.make_inputs(4)

@@ -25,7 +25,7 @@ class ExportFormat:
     load(bundle_dir: Path, manifest: dict, spec) -> predict: `autoopt.load`, with the runtime settings
         the trial was measured with, outputs restored to the pytree `spec`.
     packages: the PyPI packages the plain loader needs (pinned in the logged MLflow model, which runs the
-        plain loader: tracking.log_exported_model).
+        plain loader: logged_model.log_exported_model).
     settings(config: dict, prepared: Prepared) -> dict: runtime settings the manifest records.
     check(model_file: str): a structural check of the file before it is run (raises), or None.
     companions: files that ship beside the model file, under these names (OpenVINO's model.bin).
