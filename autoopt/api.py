@@ -116,11 +116,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     from .study import open_study, run
     from .tracking import Tracker, check_reachable, resolve_store
 
-    if options is not None and (keywords or config is not None):
-        given = sorted(keywords) + (["config"] if config is not None else [])
-        raise ConfigError(f"search() takes options= or keywords and config=, not both. Got options= and {given}.")
-    pipeline, keywords = merge(config, pipeline, keywords)
-    opts = options or SearchOptions.parse(**keywords)
+    pipeline, opts = _options(pipeline, config, options, keywords)
     pipe = load_pipeline(pipeline)
     log.info("Checking pipeline %s (the first use may train or download its model)…", pipe.name)
     check_pipeline(pipe)
@@ -161,6 +157,17 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     return result
 
 
+def _options(pipeline, config, options: SearchOptions | None, keywords: dict):
+    """The pipeline and options of a search: `options`, or the config file's overridden by the keywords."""
+    if options is not None and (keywords or config is not None):
+        given = sorted(keywords) + (["config"] if config is not None else [])
+        raise ConfigError(f"search() takes options= or keywords and config=, not both. Got options= and {given}.")
+    if options is not None:
+        return pipeline, options
+    pipeline, keywords = merge(config, pipeline, keywords)
+    return pipeline, SearchOptions.parse(**keywords)
+
+
 def plan(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str | os.PathLike | None = None,
          **keywords):
     """What `search(pipeline, config=config, **keywords)` would do, without running a trial or touching a
@@ -169,8 +176,7 @@ def plan(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str | 
     from .pipeline import load_pipeline
     from .planning import SearchPlan, count_distinct
 
-    pipeline, keywords = merge(config, pipeline, keywords)
-    opts = SearchOptions.parse(**keywords)
+    pipeline, opts = _options(pipeline, config, None, keywords)
     pipe = load_pipeline(pipeline)
     space = _resolve_space(pipe, opts)
     distinct, independent = count_distinct(space, opts.device)

@@ -36,7 +36,7 @@ def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, mani
         logged = {**manifest, "plain_loader": fmt.plain_loader.__name__}
         (staging / "bundle" / "autoopt.json").write_text(json.dumps(logged, indent=2))
         example = _input_example(bundle, manifest)
-        outputs = fmt.plain_loader(str(bundle), manifest)(list(example.values()))
+        outputs = _run_once(fmt.plain_loader, bundle, manifest, example)
         signature = ModelSignature(
             inputs=Schema([TensorSpec(a.dtype, (-1, *a.shape[1:]), name) for name, a in example.items()]),
             outputs=Schema([TensorSpec(a.dtype, (-1, *a.shape[1:]), path) for path, a in outputs.items()]))
@@ -56,6 +56,18 @@ def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, mani
     if register:
         mlflow.register_model(info.model_uri, register)
     return info.model_uri
+
+
+def _run_once(plain_loader, bundle: Path, manifest: dict, example: dict) -> dict:
+    """The bundle's outputs on the example (their shapes and dtypes make the signature), run here with
+    the plain loader; the torch thread count it sets for a server is put back for this process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return plain_loader(str(bundle), manifest)(list(example.values()))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _input_example(bundle: Path, manifest: dict) -> dict:

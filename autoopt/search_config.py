@@ -20,6 +20,7 @@ import yaml
 
 from .errors import ConfigError, render
 from .options import DEFAULTS, SearchOptions
+from .space import read_yaml
 
 KEYS = ("pipeline", *DEFAULTS)
 NEEDS_EXPORT = ("out", "register")  # checked against the merged options: --export may come from a flag
@@ -32,12 +33,7 @@ def read(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"Config file {path} not found. Expected a YAML file of search options, e.g. "
                           f"'target_latency: 100ms'.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"Config file {path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from exc
+    raw = read_yaml(path, f"Config file {path}")
     if raw is None:
         return {}
     if not isinstance(raw, dict):

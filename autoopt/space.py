@@ -127,6 +127,16 @@ def resolve_space_path(ref: str | os.PathLike | None, task: str = "infer") -> Pa
     return path
 
 
+def read_yaml(path: Path, where: str):
+    """A YAML file's content; malformed YAML is a ConfigError naming `where` and the line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{where} is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from exc
+
+
 def load_space(ref: str | os.PathLike | dict | None = None, device: str = "cpu", task: str = "infer") -> Space:
     """The space of `task`: "infer" (default space: search_spaces/default.yaml) or "train"
     (search_spaces/train.yaml). A knob of the other task is an error, not silently ignored."""
@@ -137,12 +147,7 @@ def load_space(ref: str | os.PathLike | dict | None = None, device: str = "cpu",
     else:
         path = resolve_space_path(ref, task)
         where, source = (str(ref) if ref is not None else f"search_spaces/{path.name}"), str(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"{where} is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from exc
+        raw = read_yaml(path, where)
     if raw is None or raw == {}:
         raise ConfigError(f"{where} has no knobs: a search would only measure the reference. List at least one, "
                           f"e.g. 'batch_size: [1, 8, 32]'.")
