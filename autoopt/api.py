@@ -126,7 +126,8 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     check_reachable(uri)
     name = opts.study or f"{pipe.name}{'-train' if opts.task == 'train' else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = open_storage(opts.storage, store)
-    study = open_study(name, storage, opts.seed, space, opts.device, opts.sampler)
+    study = open_study(name, storage, opts.seed, space, opts.device, opts.sampler,
+                       opts.targets.latency_ms if opts.task == "infer" else None)
     check_resume(study, search_signature(space, opts.targets, opts.task, opts.device), space.source)
     tracker = Tracker(uri, store, pipe.name if opts.task == "infer" else f"{pipe.name}-train")  # metrics differ by task
     tracker.start_study(name, _study_params(pipe, space, opts, ref_accuracy))
@@ -139,7 +140,8 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
         interrupted = False
         try:
             run(study, space, runner.evaluators(), opts.targets, opts.trials, opts.timeout_s, opts.device,
-                [tracker, *listeners], storage, on_interrupt=runner.interrupt, warm_start=opts.warm_start)
+                [tracker, *listeners], storage, on_interrupt=runner.interrupt, warm_start=opts.warm_start,
+                patience=opts.patience)
             if opts.task == "infer" and opts.remeasure_top:
                 runner.remeasure(records(study))
         except KeyboardInterrupt:
@@ -186,7 +188,7 @@ def plan(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str | 
         pipeline=pipe.name, task=opts.task, device=opts.device, space_source=space.source,
         domains={name: domain.describe() for name, domain in space.domains.items()}, notes=list(space.notes),
         distinct_configurations=distinct, counted_as_independent=independent, warm_start=warm, trials=opts.trials,
-        timeout_s=opts.timeout_s, jobs=opts.jobs,
+        timeout_s=opts.timeout_s, jobs=opts.jobs, patience=opts.patience,
         targets={"latency_ms": t.latency_ms, "memory_mb": t.memory_mb, "max_accuracy_drop": t.max_accuracy_drop},
     )
 
@@ -217,7 +219,7 @@ def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) 
     return {
         "pipeline": pipe.name, "pipeline_source": pipe.source or "in-memory", "task": opts.task,
         "space": space.source, "device": opts.device, "seed": opts.seed, "sampler": opts.sampler,
-        "warm_start": opts.warm_start, "early_stop": opts.early_stop,
+        "warm_start": opts.warm_start, "early_stop": opts.early_stop, "patience": opts.patience,
         "target_latency_ms": opts.targets.latency_ms, "target_memory_mb": opts.targets.memory_mb,
         "max_accuracy_drop": opts.targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
         "cpu_model": cpu["model"], "cpu_cores": cpu["cores"], "cpu_features": " ".join(cpu["features"]) or "none",

@@ -19,6 +19,7 @@ from .protocol import TrialRequest, TrialResult
 
 CALIBRATION_BATCHES = 16
 EARLY_STOP_MARGIN = 1.5  # a trial whose calls already take this many times the latency target stops
+SCREEN_TIME_S = 0.2  # the short timing of a candidate, before the full one (at most a quarter of --min-time)
 
 
 def calibration_batches(pipeline) -> list[tuple]:
@@ -128,12 +129,30 @@ def _measure(runtime, prepared, config: dict, ctx, inputs: tuple, request: Trial
             built = runtime.load(prepared, config, ctx)
             guard(0)
             load = machine_load()
+            if request.screen_throughput is not None:
+                _screen(built, inputs, batch_size, request, guard)
             latency, repeats = time_steadily(lambda: built.predict(*inputs), min_time_s=request.min_time_s,
                                              min_calls=request.min_calls, sync=built.sync, after_call=guard)
         measure_s = time.perf_counter() - started
     metrics = {**latency_metrics(latency, repeats, load, batch_size), "peak_memory_mb": peak.mb,
                "measure_s": measure_s}
     return metrics, built
+
+
+def _screen(built, inputs: tuple, batch_size: int, request: TrialRequest, guard) -> None:
+    """A short timing first: a candidate that cannot come near the best so far stops here, before its
+    full timing and accuracy check. Its figures are kept as screen_* (never as the trial's latency)."""
+    from .measure import time_calls
+
+    short = time_calls(lambda: built.predict(*inputs), min_time_s=min(SCREEN_TIME_S, request.min_time_s / 4),
+                       min_calls=5, warmup_min_calls=3, warmup_max_s=1.0, sync=built.sync, after_call=guard)
+    throughput = batch_size / (short.p50_ms / 1e3)
+    if throughput < request.screen_throughput:
+        raise OverTarget(
+            f"screened out: about {throughput:,.0f} samples/s in a short timing ({short.calls} calls), below the "
+            f"{request.screen_throughput:,.0f} a contender needs (the best feasible trial's throughput less the "
+            f"noise); not timed fully, accuracy not checked",
+            {"screen_throughput": throughput, "screen_latency_ms_p95": short.p95_ms, "screened": 1})
 
 
 def remeasure(pipeline, request: TrialRequest) -> TrialResult:

@@ -62,6 +62,10 @@ def search(
                                                     "more per trial)."),
     early_stop: bool = typer.Option(True, help="Stop a trial already past --target-latency (accuracy not checked); "
                                                "--no-early-stop measures every trial fully."),
+    patience: Optional[int] = typer.Option(None, min=1, help="End the search after this many finished trials without "
+                                                             "a better feasible one."),
+    screen: bool = typer.Option(True, help="Time each trial briefly first; one far below the best so far stops there "
+                                           "(--no-screen times every trial fully)."),
     dry_run: bool = typer.Option(False, help="Print the resolved space, its distinct configurations, the warm start "
                                              "and the budget, and exit without running a trial."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout (progress goes to stderr)."),
@@ -104,7 +108,7 @@ def _search_exit_code(result) -> int:
 SEARCH_PANELS = {
     "Targets": ("target_latency", "target_memory", "max_accuracy_drop"),
     "Search": ("config", "space", "trials", "timeout", "seed", "study", "sampler", "warm_start", "task", "early_stop",
-               "remeasure_top", "dry_run"),
+               "screen", "patience", "remeasure_top", "dry_run"),
     "Execution": ("device", "trial_timeout", "min_time", "jobs", "fresh_workers"),
     "Storage": ("tracking_uri", "storage"),
     "Export and output": ("export", "out", "register", "json_out"),

@@ -25,7 +25,7 @@ DEFAULTS = {
     "timeout": None, "seed": None, "study": None, "tracking_uri": None, "storage": None, "device": "auto",
     "trial_timeout": "10m", "min_time": "1s", "export": None, "out": None, "register": None, "task": "infer",
     "remeasure_top": 3, "sampler": "tpe", "warm_start": True, "jobs": 1, "fresh_workers": False,
-    "early_stop": True,
+    "early_stop": True, "patience": None, "screen": True,
 }
 
 
@@ -58,6 +58,8 @@ class SearchOptions:
     fresh_workers: a new worker process per trial (about 3 s more per trial) instead of a warm one
         reused until it crashes, times out or has run 25 trials.
     early_stop: a trial already past the latency target stops there (PRUNED, accuracy not checked).
+    patience: end the search after this many finished trials without a better feasible one (None: off).
+    screen: time a trial briefly first and stop one far below the best feasible trial so far (runner.SCREEN_SHARE).
     """
 
     targets: Targets
@@ -81,6 +83,8 @@ class SearchOptions:
     jobs: int
     fresh_workers: bool
     early_stop: bool
+    patience: int | None = None
+    screen: bool = True
 
     @classmethod
     def parse(cls, **raw) -> "SearchOptions":
@@ -95,6 +99,8 @@ class SearchOptions:
         for name in ("trials", "jobs"):
             _whole(v[name], name, minimum=1)
         _whole(v["remeasure_top"], "remeasure_top", minimum=0)
+        if v["patience"] is not None:
+            _whole(v["patience"], "patience", minimum=1)
         if v["seed"] is not None:
             _whole(v["seed"], "seed", minimum=0, maximum=2**32 - 1)  # what numpy's generators take
         for name in ("out", "register"):
@@ -131,6 +137,7 @@ class SearchOptions:
             register=v["register"], task=v["task"], remeasure_top=v["remeasure_top"], sampler=v["sampler"],
             warm_start=bool(v["warm_start"]) and v["sampler"] != "grid",  # the grid visits every combination anyway
             jobs=v["jobs"], fresh_workers=bool(v["fresh_workers"]), early_stop=bool(v["early_stop"]),
+            patience=v["patience"], screen=bool(v["screen"]),
         )
 
     def as_keywords(self) -> dict:
@@ -150,6 +157,7 @@ class SearchOptions:
             "out": None if self.out is None else os.fspath(self.out), "register": self.register, "task": self.task,
             "remeasure_top": self.remeasure_top, "sampler": self.sampler, "warm_start": self.warm_start,
             "jobs": self.jobs, "fresh_workers": self.fresh_workers, "early_stop": self.early_stop,
+            "patience": self.patience, "screen": self.screen,
         }
 
 

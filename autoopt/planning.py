@@ -29,6 +29,7 @@ class SearchPlan:
     trials: int
     timeout_s: float | None
     jobs: int
+    patience: int | None = None
     targets: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -81,6 +81,7 @@ def print_plan(plan) -> None:
         ("peak memory <=", f"{t['memory_mb']:g} MB" if t["memory_mb"] is not None else None),
         ("accuracy drop <=", f"{t['max_accuracy_drop']:g}")) if value is not None)
     limit = f", stopping after {plan.timeout_s:g} s" if plan.timeout_s is not None else ""
+    limit += f", or after {plan.patience} trials without a better feasible one" if plan.patience else ""
     console.print(f"Budget: {plan.trials} trials (the reference included), {plan.jobs} at a time{limit}; targets: "
                   f"{wanted}. Dry run: no trial was run.", highlight=False)
 

@@ -25,6 +25,7 @@ class TrialRequest:
     min_calls: int = 20
     memory_limit_mb: float | None = None  # a trial past this stops early (PRUNED)
     latency_limit_ms: float | None = None  # set when early stopping is on (inference)
+    screen_throughput: float | None = None  # a short timing below this stops the trial: not a contender
     reference_numerics: dict | None = None  # training: the reference's losses and gradient file
     config: dict = field(default_factory=dict)
     known_numerics: dict | None = None  # accuracy (or training numerics) measured before for the same numerics

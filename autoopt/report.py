@@ -51,9 +51,10 @@ def write_trials_csv(trials: list[TrialRecord], workdir: Path) -> Path:
     path = workdir / "trials.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial", "state", "feasible", "reason", "reused_from", *knobs, *METRIC_COLUMNS])
+        writer.writerow(["trial", "state", "feasible", "reason", "reused_from", "curve", *knobs, *METRIC_COLUMNS])
         for t in trials:
             writer.writerow([t.number, t.state, t.feasible, t.reason or "", "" if t.reused_from is None else t.reused_from,
+                             t.curve or "",
                              *(t.config.get(k, "") for k in knobs), *(t.metrics.get(m, "") for m in METRIC_COLUMNS)])
     return path
 
@@ -71,6 +72,24 @@ def param_importances(study) -> dict[str, float]:
     except Exception as exc:  # noqa: BLE001 - importances are a nicety; the report goes on without them
         logging.getLogger("autoopt").info("parameter importances unavailable: %s", exc)
         return {}
+
+
+def budget(trials: list[TrialRecord]) -> dict[str, int]:
+    """Where the trials went: measured fully, screened out, stopped early past a target, reused, other
+    (pruned as a conflict or unsupported, failed); and how many had their batch moved by the curve."""
+    counts = {"measured fully": 0, "screened out": 0, "stopped early": 0, "reused": 0, "other": 0}
+    for t in trials:
+        if t.reused_from is not None:
+            counts["reused"] += 1
+        elif t.state == TrialState.COMPLETE:
+            counts["measured fully"] += 1
+        elif t.metrics.get("screened"):
+            counts["screened out"] += 1
+        elif t.metrics.get("stopped_early") or (t.state == TrialState.PRUNED and t.metrics):
+            counts["stopped early"] += 1
+        else:
+            counts["other"] += 1
+    return {**counts, "batch moved by the latency curve": sum(t.curve is not None for t in trials)}
 
 
 def _line(t: TrialRecord, reference: TrialRecord | None) -> str:
@@ -93,6 +112,11 @@ def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord
     out = [f"# {title}", "",
            f"{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
            f"{states[TrialState.FAILED]} failed. Targets: {targets.describe()}.", ""]
+    spent = budget(trials)
+    moved = spent.pop("batch moved by the latency curve")
+    out += ["## Where the budget went", "",
+            ", ".join(f"{n} {what}" for what, n in spent.items()) + f"; the latency curve moved {moved} trial(s)' "
+            "batch size down (trials.csv, column curve).", ""]
     out += ["## Reference", "", _line(reference, None) if reference else "The reference did not complete.", ""]
     out += ["## Winner", ""]
     if ranked:

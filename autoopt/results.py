@@ -50,6 +50,7 @@ class TrialRecord:
     log_path: str | None = None  # the worker's log while the trial is being reported
     run_id: str | None = None  # the trial's MLflow run, set by the tracker
     remeasured: dict | None = None  # figures of the end-of-search interleaved re-measurement, if any
+    curve: str | None = None  # the sampler moved its batch size down (latency_curve), and why
 
     @property
     def figures(self) -> dict:
@@ -63,7 +64,8 @@ class TrialRecord:
         """The record as plain data (`--json`)."""
         return {"number": self.number, "state": str(self.state), "feasible": self.feasible, "reference": self.reference,
                 "reused_from": self.reused_from, "reason": self.reason, "config": self.config, "metrics": self.metrics,
-                "constraints": self.constraints, "remeasured": self.remeasured, "mlflow_run_id": self.run_id}
+                "constraints": self.constraints, "remeasured": self.remeasured, "mlflow_run_id": self.run_id,
+                "curve": self.curve}
 
     @property
     def feasible(self) -> bool:
@@ -83,6 +85,7 @@ class TrialRecord:
             reference=bool(trial.user_attrs.get("reference")),
             reused_from=trial.user_attrs.get("reused_from"),
             run_id=trial.user_attrs.get("mlflow_run_id"),
+            curve=trial.user_attrs.get("curve"),
         )
 
 

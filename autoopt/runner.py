@@ -21,6 +21,10 @@ from .worker import Worker
 
 log = logging.getLogger("autoopt")
 REMEASURE_ROUNDS = 10
+# A contender must reach this share of the best feasible throughput in its short timing (candidate._screen):
+# the short timing's noise on these machines is about 10%, and a trial at 70% of the best rarely wins the
+# end-of-search re-measurement.
+SCREEN_SHARE = 0.7
 
 
 class Runner:
@@ -60,12 +64,21 @@ class Runner:
     def evaluators(self) -> list[Callable[[dict, int], TrialResult]]:
         return [self._evaluator(worker) for worker in self.workers]
 
+    def _screen_throughput(self, number: int) -> float | None:
+        if self.options.task != "infer" or not (self.options.screen and self.options.early_stop):
+            return None  # --no-screen, --no-early-stop: every trial timed fully
+        from .runtimes import FORMATS
+
+        shipped = FORMATS[self.options.export] if self.options.export else None
+        return contender_bar(self.study.get_trials(deepcopy=False), number, shipped)
+
     def _evaluator(self, worker: Worker) -> Callable[[dict, int], TrialResult]:
         def evaluate(config: dict, number: int) -> TrialResult:
             work = self.tmp / f"trial-{number}"
             work.mkdir()
             request = self.request.for_trial(config=config, trial=number,
-                                             known_numerics=known_numerics(self.study, config))
+                                             known_numerics=known_numerics(self.study, config),
+                                             screen_throughput=self._screen_throughput(number))
             result = worker.run(request, str(work), self.options.trial_timeout_s)
             if result.state == TrialState.COMPLETE and self.options.task == "infer":
                 drop = self.reference_accuracy - result.metrics["accuracy"]
@@ -104,6 +117,17 @@ class Runner:
             fig["feasible"] = latency_ms is None or fig["latency_ms_p95"] <= latency_ms
             figures[str(t.number)] = fig
         self.study.set_user_attr("remeasured", figures)
+
+
+def contender_bar(trials, number: int, runtime: str | None = None) -> float | None:
+    """What trial `number`'s short timing must reach to be timed fully: SCREEN_SHARE of the best feasible
+    trial so far (of `runtime`, the one --export ships, when given: the reference cannot be the answer
+    there). None (no screening) for the reference, or before such a trial exists."""
+    if any(t.number == number and t.user_attrs.get("reference") for t in trials):
+        return None
+    done = [TrialRecord.from_optuna(t) for t in trials if t.state.name == "COMPLETE"]
+    best = ranked_feasible([t for t in done if runtime is None or t.config.get("compile_mode") == runtime])
+    return SCREEN_SHARE * best[0].metrics["throughput"] if best else None
 
 
 def _pickle_if_needed(pipe, tmp: Path) -> str | None:

@@ -28,8 +28,9 @@ def _has_values(config: dict, values: dict) -> bool:
 class ValidConfigSampler(BaseSampler):
     def __init__(self, inner: BaseSampler, distributions: dict, conflict: Callable[[dict], str | None],
                  canonical: Callable[[dict], dict] = dict, in_scope: Callable[[dict, dict], bool] | None = None,
-                 seed: int | None = None, required: dict | None = None):
+                 seed: int | None = None, required: dict | None = None, target_latency_ms: float | None = None):
         self.inner = inner
+        self.target_latency_ms = target_latency_ms  # batch sizes the latency curve rules out are moved down
         self.required = dict(required or {})  # knob values every sampled configuration must have
         self.canonical = canonical
         self.in_scope = in_scope or _has_values
@@ -53,6 +54,7 @@ class ValidConfigSampler(BaseSampler):
                 if t.state.is_finished() or (t.state.name == "RUNNING" and t.number != trial.number
                                                  and len(t.params) == len(self.distributions))]
         scopes = [t.user_attrs["pruned_scope"] for t in finished if t.user_attrs.get("pruned_scope")]
+        curves = self._curves(finished)
         params: dict = {}
         for sampler in (self.inner, self.fallback):
             for _ in range(MAX_DRAWS):
@@ -60,12 +62,40 @@ class ValidConfigSampler(BaseSampler):
                 for name, dist in search_space.items():
                     if name not in params:
                         params[name] = sampler.sample_independent(study, trial, name, dist)
+                params, moved = self._within_curve(params, curves, search_space.get("batch_size"))
+                if params is None:
+                    continue  # no batch size of this family can meet the target
                 canonical = self.canonical(params)
                 if (canonical not in seen and self.conflict(params) is None
                         and self.in_scope(params, self.required)
                         and not any(self.in_scope(params, scope) for scope in scopes)):
+                    if moved:
+                        study._storage.set_trial_user_attr(trial._trial_id, "curve", moved)
                     return params
-        return params  # the space is exhausted: the study reuses or prunes it
+        return params or {}  # the space is exhausted: the study reuses or prunes it
+
+    def _curves(self, finished):
+        if self.target_latency_ms is None or "batch_size" not in self.distributions:
+            return None
+        from .latency_curve import LatencyCurves
+        from .results import TrialRecord
+
+        return LatencyCurves([TrialRecord.from_optuna(t) for t in finished], self.target_latency_ms)
+
+    @staticmethod
+    def _within_curve(params: dict, curves, distribution) -> tuple[dict | None, str | None]:
+        """`params` with its batch size moved down to the largest the latency curve allows (and why),
+        or None when the curve allows none."""
+        if curves is None or distribution is None:
+            return params, None
+        bound, why = curves.largest_batch(params)
+        batch = params["batch_size"]
+        if bound is None or batch <= bound:
+            return params, None
+        allowed = _largest_at_most(distribution, bound)
+        if allowed is None:
+            return None, None
+        return {**params, "batch_size": allowed}, f"batch_size {batch} -> {allowed}: {why}"
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
@@ -85,6 +115,16 @@ class ValidConfigSampler(BaseSampler):
     def reseed_rng(self):
         self.inner.reseed_rng()
         self.fallback.reseed_rng()
+
+
+def _largest_at_most(distribution, bound: int) -> int | None:
+    """The largest value of an integer or categorical batch-size distribution that is at most `bound`."""
+    if hasattr(distribution, "choices"):
+        return max((c for c in distribution.choices if c <= bound), default=None)
+    if bound < distribution.low:
+        return None
+    step = distribution.step or 1
+    return min(distribution.high, distribution.low + (bound - distribution.low) // step * step)
 
 
 def make_sampler(name: str, seed: int | None, space=None):

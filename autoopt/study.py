@@ -26,8 +26,10 @@ ABANDONED = ("abandoned: the search process running it died (killed?) or stopped
              "concurrent search of the study")
 
 
-def open_study(name: str, storage, seed: int | None, space, device: str, sampler: str = "tpe"):
-    """Create or resume the study; the sampler behind the valid-configuration filter."""
+def open_study(name: str, storage, seed: int | None, space, device: str, sampler: str = "tpe",
+               target_latency_ms: float | None = None):
+    """Create or resume the study; the sampler behind the valid-configuration filter (which keeps batch
+    sizes within what the latency curve allows under `target_latency_ms`)."""
     import optuna
 
     from .sampler import ValidConfigSampler, make_sampler
@@ -36,6 +38,7 @@ def open_study(name: str, storage, seed: int | None, space, device: str, sampler
     sampler = ValidConfigSampler(
         make_sampler(sampler, seed, space), space.distributions(), lambda c: knobs.conflict(c, device),
         knobs.canonical, knobs.in_scope, seed=seed, required=space.required,
+        target_latency_ms=None if sampler == "grid" else target_latency_ms,  # the grid visits every combination
     )
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True, sampler=sampler
@@ -67,8 +70,10 @@ def run(
     storage=None,
     on_interrupt: Callable[[], None] | None = None,
     warm_start: bool = True,
+    patience: int | None = None,
 ) -> None:
-    """Ask/tell until the study holds `n_trials` finished trials or `timeout_s` has passed.
+    """Ask/tell until the study holds `n_trials` finished trials, `timeout_s` has passed, or (with
+    `patience`) that many trials have finished since the best feasible one.
 
     One thread per evaluator (`--jobs`); `evaluate(config, number)` returns the worker's TrialResult.
     On Ctrl-C, `on_interrupt()` stops the running trials: each evaluator then raises KeyboardInterrupt
@@ -81,7 +86,7 @@ def run(
     fresh = all(t.user_attrs.get("reference") for t in existing)  # nothing past the reference
     if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING") for t in existing):
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
-    budget = _Budget(study, n_trials, timeout_s)
+    budget = _Budget(study, n_trials, timeout_s, patience)
     budget.recover = lambda: _recover_abandoned(study, storage, listeners)
     if fresh and warm_start:  # a resumed study already has what these would teach
         budget.before_ask = WarmStart(study, space, device, targets)
@@ -137,12 +142,12 @@ def run(
 class _Budget:
     """Hands out trials to the job threads: at most `n_trials` finished plus running in the study."""
 
-    def __init__(self, study, n_trials: int, timeout_s: float | None):
+    def __init__(self, study, n_trials: int, timeout_s: float | None, patience: int | None = None):
         import threading
 
         self.before_ask: Callable[[], None] = lambda: None
         self.recover: Callable[[], None] = lambda: None  # abandoned trials of other processes, checked each beat
-        self.study, self.n_trials, self.timeout_s = study, n_trials, timeout_s
+        self.study, self.n_trials, self.timeout_s, self.patience = study, n_trials, timeout_s, patience
         self.started = time.monotonic()
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -152,9 +157,15 @@ class _Budget:
         with self.lock:
             if self.stop.is_set() or (self.timeout_s is not None and time.monotonic() - self.started >= self.timeout_s):
                 return None
+            trials = self.study.get_trials(deepcopy=False)
             # an abandoned trial (its machine died) did not use the budget: another takes its place
             if sum((t.state.is_finished() and t.user_attrs.get("reason") != ABANDONED) or t.state.name == "RUNNING"
-                   for t in self.study.get_trials(deepcopy=False)) >= self.n_trials:
+                   for t in trials) >= self.n_trials:
+                return None
+            if self.patience is not None and since_best(trials) >= self.patience:
+                logging.getLogger("autoopt").info("Stopping: %d trials finished without a better feasible one "
+                                                  "(--patience %d).", self.patience, self.patience)
+                self.stop.set()
                 return None
             self.before_ask()
             trial = self.study.ask()
@@ -184,11 +195,27 @@ class _Budget:
                 logging.getLogger("autoopt").warning("recovering abandoned trials failed: %r", exc)
 
 
+def since_best(trials) -> int:
+    """Trials finished (in the order they finished) after the best feasible one; 0 before there is one."""
+    finished = sorted((t for t in trials if t.state.is_finished() and t.datetime_complete is not None),
+                      key=lambda t: t.datetime_complete)
+    best, since = None, 0
+    for t in finished:
+        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in (t.constraints or {}).values())
+        if feasible and (best is None or t.value > best):
+            best, since = t.value, 0
+        elif best is not None:
+            since += 1
+    return since
+
+
 def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, listeners: list) -> None:
     import optuna
 
     config = space.suggest(trial)
-    record = TrialRecord(trial.number, config, TrialState.RUNNING, reference=bool(trial.user_attrs.get("reference")))
+    attrs = trial.user_attrs
+    record = TrialRecord(trial.number, config, TrialState.RUNNING, reference=bool(attrs.get("reference")),
+                         curve=attrs.get("curve"))
     _notify(listeners, "trial_started", record)
     if record.run_id:
         trial.set_user_attr("mlflow_run_id", record.run_id)

@@ -41,4 +41,6 @@ def write_file(tmp_path):
 
 
 # Short timing; no end-of-search re-measurement unless a test is about it (remeasure_top=3 there).
-FAST = {"min_time": "0.05s", "trial_timeout": "120s", "remeasure_top": 0}
+# No screening: which tiny-model trial a short timing puts below 70% of the best is the machine's noise
+# (tests/test_worker.py and tests/test_api.py test screening where the outcome is certain).
+FAST = {"min_time": "0.05s", "trial_timeout": "120s", "remeasure_top": 0, "screen": False}

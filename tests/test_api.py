@@ -176,6 +176,30 @@ def test_unreachable_target_gives_no_best_and_a_closest_trial(tmp_path, write_fi
     assert all(t.state == "PRUNED" and t.reason.startswith("latency") for t in result.trials)
 
 
+SLOW_AT_8 = """
+import time, torch, autoopt
+
+class SlowAt8(torch.nn.Module):
+    def forward(self, x):
+        if x.shape[0] == 8:
+            time.sleep(0.05)  # 160 samples/s, against tens of thousands at batch 1
+        return x * 2
+
+PIPELINE = autoopt.Pipeline("slow_at_8", SlowAt8, lambda b: (torch.randn(b, 3),))
+"""
+
+
+def test_a_trial_far_below_the_best_is_screened_out_and_reported_so(tmp_path, write_file):
+    pipeline, space = write_file("slow.py", SLOW_AT_8), write_file("space.yaml", "batch_size: [1, 8]\n")
+    result = autoopt.search(pipeline, space=space, trials=2, seed=0, tracking_uri=str(tmp_path / "store"),
+                            **{**FAST, "screen": True})
+    reference, screened = result.trials
+    assert reference.state == "COMPLETE" and "screen_throughput" not in reference.metrics  # timed fully
+    assert screened.config["batch_size"] == 8 and screened.state == "PRUNED"
+    assert screened.reason.startswith("screened out: about ") and screened.metrics["screen_throughput"] < 200
+    assert result.best.number == 0
+
+
 def test_without_early_stop_a_trial_over_the_latency_target_is_measured_fully(tmp_path, write_file):
     space = write_file("space.yaml", "batch_size: [1, 4]\n")
     result = autoopt.search(TINY_MLP, target_latency="1us", space=space, trials=2, seed=0, early_stop=False,

@@ -10,7 +10,7 @@ from autoopt.cli import app
 from conftest import TINY_MLP
 
 runner = CliRunner()
-FAST = ["--min-time", "50ms", "--trial-timeout", "120s"]
+FAST = ["--min-time", "50ms", "--trial-timeout", "120s", "--no-screen"]  # as conftest.FAST
 
 
 def invoke(*args):
@@ -271,6 +271,9 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, write_file, monkeypa
     assert "Warm start, right after the reference" in out and "batch_size=4 compile_mode=onnxruntime" in out
     assert "Budget: 7 trials (the reference included), 1 at a time; targets: p95 <= 5 ms, accuracy drop <= 0.01." in out
     assert not (tmp_path / "mlruns").exists()  # no study, no MLflow run
+    patient = invoke("search", TINY_MLP, "--space", space, "--dry-run", "--patience", "5")
+    assert "or after 5 trials without a better feasible one" in " ".join(patient.output.split())
+    assert invoke("search", TINY_MLP, "--dry-run", "--patience", "0").exit_code == 2  # at least 1
 
 
 def test_dry_run_of_the_default_space_counts_batch_sizes_as_a_factor(tmp_path, monkeypatch):

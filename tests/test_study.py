@@ -125,3 +125,54 @@ def test_the_same_flags_with_bf16_measured_fast_try_bf16_first(monkeypatch):
     _, _, fast = warm_run(monkeypatch, ["AVX512-VNNI", "AVX512-BF16", "AVX-512"], bf16_speedup=2.0)
     assert [(c["precision"], c["quantization"], c["compile_mode"]) for c in fast[1:4]] == [
         ("fp32", "static_int8", "openvino"), ("bf16", "none", "openvino"), ("bf16", "none", "inductor")]
+
+
+def test_patience_ends_the_search_that_stopped_improving():
+    from autoopt.protocol import TrialResult
+    from autoopt.space import load_space
+    from autoopt.study import open_study, run, since_best
+    from autoopt.targets import Targets
+
+    space = load_space(None, "cpu")
+    study = open_study("patience", None, 0, space, "cpu")
+
+    def evaluate(config: dict, number: int) -> TrialResult:
+        throughput = 100.0 if number == 2 else 10.0 + number * 0.01 * (number < 2)  # #2 is the best there will be
+        return TrialResult.complete({"latency_ms_p50": 1.0, "latency_ms_p95": 1.0, "throughput": throughput,
+                                     "accuracy": 1.0, "accuracy_drop": 0.0, "peak_memory_mb": 1.0})
+
+    run(study, space, [evaluate], Targets(latency_ms=20.0), 30, None, "cpu", [], warm_start=False, patience=4)
+    assert len(study.trials) == 2 + 1 + 4  # up to the best (#2), then 4 without a better one
+    assert since_best(study.get_trials(deepcopy=False)) == 4
+
+
+def test_the_contenders_bar_is_a_share_of_the_best_feasible_trial_and_spares_the_reference():
+    from autoopt.runner import SCREEN_SHARE, contender_bar
+
+    study = optuna.create_study(direction="maximize")
+    for throughput, drop in ((100.0, 0.0), (300.0, 0.5), (200.0, 0.0)):  # the 300/s one misses the accuracy target
+        trial = study.ask({"batch_size": optuna.distributions.IntDistribution(1, 64)})
+        trial.set_user_attr("metrics", {"throughput": throughput, "accuracy_drop": drop})
+        trial.set_constraint("accuracy", drop - 0.01)
+        study.tell(trial, throughput)
+    reference = study.ask()
+    reference.set_user_attr("reference", True)
+    trials = study.get_trials(deepcopy=False)
+    assert contender_bar(trials, 4) == SCREEN_SHARE * 200.0
+    assert contender_bar(trials, reference.number) is None  # the reference is always timed fully
+    assert contender_bar(trials[:0], 0) is None  # nothing feasible yet
+
+
+def test_with_an_export_the_bar_is_the_best_trial_of_the_runtime_it_ships():
+    from autoopt.runner import SCREEN_SHARE, contender_bar
+
+    study = optuna.create_study(direction="maximize")
+    for mode, throughput in (("eager", 500.0), ("onnxruntime", 100.0)):
+        study.enqueue_trial({"compile_mode": mode})
+        trial = study.ask({"compile_mode": optuna.distributions.CategoricalDistribution(["eager", "onnxruntime"])})
+        trial.set_user_attr("metrics", {"throughput": throughput})
+        study.tell(trial, throughput)
+    trials = study.get_trials(deepcopy=False)
+    assert contender_bar(trials, 9) == SCREEN_SHARE * 500.0
+    assert contender_bar(trials, 9, "onnxruntime") == SCREEN_SHARE * 100.0  # the eager reference does not ship
+    assert contender_bar(trials, 9, "openvino") is None

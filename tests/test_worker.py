@@ -182,3 +182,16 @@ def test_remeasure_times_configurations_interleaved_against_the_first(tmp_path):
     assert result.state == TrialState.COMPLETE and first["rounds"] == second["rounds"] == 4
     assert first["speedup"] == 1.0 and second["speedup"] > 1.0  # batch 64 carries more samples per call
     assert second["throughput"] > first["throughput"] and first["latency_ms_p50"] <= first["latency_ms_p95"]
+
+
+def test_a_short_timing_below_the_contenders_bar_screens_the_trial_out(tmp_path):
+    fast = run(tmp_path, TINY_MLP, CONFIG, name="full")
+    bar = fast.metrics["throughput"] * 100  # no candidate reaches 100x itself
+    result = run(tmp_path, TINY_MLP, CONFIG, name="screened", screen_throughput=bar)
+    assert result.state == TrialState.PRUNED and result.reason.startswith("screened out: about ")
+    assert "not timed fully, accuracy not checked" in result.reason
+    m = result.metrics
+    assert m["screened"] == 1 and 0 < m["screen_throughput"] < bar and m["screen_latency_ms_p95"] > 0
+    assert "throughput" not in m and "accuracy" not in m  # the screening figure is not the trial's measurement
+    kept = run(tmp_path, TINY_MLP, CONFIG, name="contender", screen_throughput=fast.metrics["throughput"] / 100)
+    assert kept.state == TrialState.COMPLETE and "screen_throughput" not in kept.metrics
