@@ -140,8 +140,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
         interrupted = False
         try:
             run(study, space, runner.evaluators(), opts.targets, opts.trials, opts.timeout_s, opts.device,
-                [tracker, *listeners], storage, on_interrupt=runner.interrupt, warm_start=opts.warm_start,
-                patience=opts.patience)
+                [tracker, *listeners], storage, on_interrupt=runner.interrupt, warm_start=opts.warm_start, patience=opts.patience)
             if opts.task == "infer" and opts.remeasure_top:
                 runner.remeasure(records(study))
         except KeyboardInterrupt:

@@ -70,10 +70,10 @@ class LatencyCurves:
                                        f"{self.target_ms:g} ms target, and latency does not fall as the batch grows")
         base = min(points, key=lambda p: p.per_sample_ms, default=None) or self.fastest
         if base is not None:
-            linear = math.floor(LINEAR_MARGIN * self.target_ms / base.per_sample_ms)
+            linear = LINEAR_MARGIN * self.target_ms / base.per_sample_ms
             if linear < bound:
                 whose = "this family's" if points else "the study's (this family is not measured yet)"
                 bound, why = linear, (f"{whose} fastest point, #{base.trial} ({base.per_sample_ms:.3f} ms a sample at "
                                       f"batch {base.batch}), puts a larger batch past {LINEAR_MARGIN:g}x the "
                                       f"{self.target_ms:g} ms target")
-        return (None, None) if bound == math.inf else (max(int(bound), 0), why)
+        return (None, None) if bound == math.inf else (max(math.floor(bound), 0), why)

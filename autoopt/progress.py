@@ -123,6 +123,8 @@ class Progress:
             line = f"{escape(head)}  [{color}]{record.state}[/]: {escape(str(record.reason))}{took}"
         if record.curve:  # the full reason is on the trial's MLflow run (autoopt.curve)
             line += f"  [dim]latency curve: {escape(record.curve.split(':')[0])}[/]"
+        if record.climb:
+            line += f"  [dim]climb: {escape(record.climb)}[/]"
         if self.bar is None and self.done < self.total:  # a log has no bar: the estimate goes on the line
             elapsed = time.monotonic() - self.started
             left = time_left_s(self.here, elapsed, self.total - self.done,

@@ -51,6 +51,7 @@ class TrialRecord:
     run_id: str | None = None  # the trial's MLflow run, set by the tracker
     remeasured: dict | None = None  # figures of the end-of-search interleaved re-measurement, if any
     curve: str | None = None  # the sampler moved its batch size down (latency_curve), and why
+    climb: str | None = None  # the sampler tried the best configuration at a larger batch (sampler._climb)
 
     @property
     def figures(self) -> dict:
@@ -65,7 +66,7 @@ class TrialRecord:
         return {"number": self.number, "state": str(self.state), "feasible": self.feasible, "reference": self.reference,
                 "reused_from": self.reused_from, "reason": self.reason, "config": self.config, "metrics": self.metrics,
                 "constraints": self.constraints, "remeasured": self.remeasured, "mlflow_run_id": self.run_id,
-                "curve": self.curve}
+                "curve": self.curve, "climb": self.climb}
 
     @property
     def feasible(self) -> bool:
@@ -85,7 +86,7 @@ class TrialRecord:
             reference=bool(trial.user_attrs.get("reference")),
             reused_from=trial.user_attrs.get("reused_from"),
             run_id=trial.user_attrs.get("mlflow_run_id"),
-            curve=trial.user_attrs.get("curve"),
+            curve=trial.user_attrs.get("curve"), climb=trial.user_attrs.get("climb"),
         )
 
 

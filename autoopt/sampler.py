@@ -28,9 +28,11 @@ def _has_values(config: dict, values: dict) -> bool:
 class ValidConfigSampler(BaseSampler):
     def __init__(self, inner: BaseSampler, distributions: dict, conflict: Callable[[dict], str | None],
                  canonical: Callable[[dict], dict] = dict, in_scope: Callable[[dict, dict], bool] | None = None,
-                 seed: int | None = None, required: dict | None = None, target_latency_ms: float | None = None):
+                 seed: int | None = None, required: dict | None = None, target_latency_ms: float | None = None,
+                 climb: bool = False):
         self.inner = inner
         self.target_latency_ms = target_latency_ms  # batch sizes the latency curve rules out are moved down
+        self.climb = climb  # first try the best feasible configuration at the next larger batch size
         self.required = dict(required or {})  # knob values every sampled configuration must have
         self.canonical = canonical
         self.in_scope = in_scope or _has_values
@@ -55,7 +57,16 @@ class ValidConfigSampler(BaseSampler):
                                                  and len(t.params) == len(self.distributions))]
         scopes = [t.user_attrs["pruned_scope"] for t in finished if t.user_attrs.get("pruned_scope")]
         curves = self._curves(finished)
-        params: dict = {}
+
+        def acceptable(params: dict) -> bool:
+            return (self.canonical(params) not in seen and self.conflict(params) is None
+                    and self.in_scope(params, self.required) and not any(self.in_scope(params, s) for s in scopes))
+
+        climb = self._climb(finished, curves, search_space.get("batch_size")) if self.climb else None
+        if climb is not None and acceptable(climb[0]):
+            study._storage.set_trial_user_attr(trial._trial_id, "climb", climb[1])
+            return climb[0]
+        params: dict | None = {}
         for sampler in (self.inner, self.fallback):
             for _ in range(MAX_DRAWS):
                 params = dict(sampler.sample_relative(study, trial, search_space))
@@ -63,12 +74,7 @@ class ValidConfigSampler(BaseSampler):
                     if name not in params:
                         params[name] = sampler.sample_independent(study, trial, name, dist)
                 params, moved = self._within_curve(params, curves, search_space.get("batch_size"))
-                if params is None:
-                    continue  # no batch size of this family can meet the target
-                canonical = self.canonical(params)
-                if (canonical not in seen and self.conflict(params) is None
-                        and self.in_scope(params, self.required)
-                        and not any(self.in_scope(params, scope) for scope in scopes)):
+                if params is not None and acceptable(params):  # None: no batch size of its family can meet the target
                     if moved:
                         study._storage.set_trial_user_attr(trial._trial_id, "curve", moved)
                     return params
@@ -81,6 +87,22 @@ class ValidConfigSampler(BaseSampler):
         from .results import TrialRecord
 
         return LatencyCurves([TrialRecord.from_optuna(t) for t in finished], self.target_latency_ms)
+
+    def _climb(self, finished, curves, distribution) -> tuple[dict, str] | None:
+        """The best feasible trial's configuration at the next larger batch size the curve allows, and
+        why: throughput grows with the batch until latency or memory stops it, so that is where the best
+        configuration's family is most likely to improve."""
+        feasible = [t for t in finished if t.state.name == "COMPLETE" and len(t.params) == len(self.distributions)
+                    and all(v <= 0 for v in (t.constraints or {}).values())]
+        if distribution is None or not feasible:
+            return None
+        best = max(feasible, key=lambda t: t.value)
+        batch = best.params["batch_size"]
+        larger = _next_larger(distribution, batch)
+        params, _ = self._within_curve({**best.params, "batch_size": larger}, curves, distribution) if larger else (None, None)
+        if params is None or params["batch_size"] <= batch:
+            return None
+        return params, f"batch_size {batch} -> {params['batch_size']} of the best feasible trial so far (#{best.number})"
 
     @staticmethod
     def _within_curve(params: dict, curves, distribution) -> tuple[dict | None, str | None]:
@@ -115,6 +137,14 @@ class ValidConfigSampler(BaseSampler):
     def reseed_rng(self):
         self.inner.reseed_rng()
         self.fallback.reseed_rng()
+
+
+def _next_larger(distribution, batch: int) -> int | None:
+    """The next batch size up: the next value of a list, or twice the batch within a range's bounds."""
+    if hasattr(distribution, "choices"):
+        return min((c for c in distribution.choices if c > batch), default=None)
+    larger = _largest_at_most(distribution, min(distribution.high, 2 * batch))
+    return larger if larger is not None and larger > batch else None
 
 
 def _largest_at_most(distribution, bound: int) -> int | None:

@@ -15,16 +15,13 @@ import time
 from typing import Callable
 
 from . import knobs
+from .budget import ABANDONED, STALE_S, Budget, since_best  # noqa: F401 - since_best: re-exported for tests
 from .machine import host_id
 from .protocol import TrialResult
 from .results import INTERRUPTED, TrialRecord, TrialState, records
 from .sampler import WarmStart
 from .storage import search_meta
 from .targets import Targets
-
-ABANDONED = ("abandoned: the search process running it died (killed?) or stopped beating; recovered by a later or "
-             "concurrent search of the study")
-
 
 def open_study(name: str, storage, seed: int | None, space, device: str, sampler: str = "tpe",
                target_latency_ms: float | None = None):
@@ -39,6 +36,7 @@ def open_study(name: str, storage, seed: int | None, space, device: str, sampler
         make_sampler(sampler, seed, space), space.distributions(), lambda c: knobs.conflict(c, device),
         knobs.canonical, knobs.in_scope, seed=seed, required=space.required,
         target_latency_ms=None if sampler == "grid" else target_latency_ms,  # the grid visits every combination
+        climb=sampler in ("tpe", "gp"),  # random and grid stay what they say
     )
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True, sampler=sampler
@@ -52,9 +50,6 @@ def open_study(name: str, storage, seed: int | None, space, device: str, sampler
     return study
 
 
-# A running trial's owner writes a heartbeat this often ($AUTOOPT_HEARTBEAT_S: shorter where machines come and go)
-HEARTBEAT_S = float(os.environ.get("AUTOOPT_HEARTBEAT_S", 30.0))
-STALE_S = 4 * HEARTBEAT_S  # a trial of another host whose heartbeat is older than this is abandoned
 STOP_WAIT_S = 10.0  # after Ctrl-C, how long the search waits for its jobs to mark their trials
 
 
@@ -86,7 +81,7 @@ def run(
     fresh = all(t.user_attrs.get("reference") for t in existing)  # nothing past the reference
     if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING") for t in existing):
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
-    budget = _Budget(study, n_trials, timeout_s, patience)
+    budget = Budget(study, n_trials, timeout_s, patience)
     budget.recover = lambda: _recover_abandoned(study, storage, listeners)
     if fresh and warm_start:  # a resumed study already has what these would teach
         budget.before_ask = WarmStart(study, space, device, targets)
@@ -139,83 +134,13 @@ def run(
         raise exc
 
 
-class _Budget:
-    """Hands out trials to the job threads: at most `n_trials` finished plus running in the study."""
-
-    def __init__(self, study, n_trials: int, timeout_s: float | None, patience: int | None = None):
-        import threading
-
-        self.before_ask: Callable[[], None] = lambda: None
-        self.recover: Callable[[], None] = lambda: None  # abandoned trials of other processes, checked each beat
-        self.study, self.n_trials, self.timeout_s, self.patience = study, n_trials, timeout_s, patience
-        self.started = time.monotonic()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.running: dict = {}
-
-    def ask(self):
-        with self.lock:
-            if self.stop.is_set() or (self.timeout_s is not None and time.monotonic() - self.started >= self.timeout_s):
-                return None
-            trials = self.study.get_trials(deepcopy=False)
-            # an abandoned trial (its machine died) did not use the budget: another takes its place
-            if sum((t.state.is_finished() and t.user_attrs.get("reason") != ABANDONED) or t.state.name == "RUNNING"
-                   for t in trials) >= self.n_trials:
-                return None
-            if self.patience is not None and since_best(trials) >= self.patience:
-                logging.getLogger("autoopt").info("Stopping: %d trials finished without a better feasible one "
-                                                  "(--patience %d).", self.patience, self.patience)
-                self.stop.set()
-                return None
-            self.before_ask()
-            trial = self.study.ask()
-            now = time.time()
-            trial.set_user_attr("owner", {"host": host_id(), "pid": os.getpid(), "since": now})
-            trial.set_user_attr("heartbeat", now)
-            self.running[trial.number] = trial
-            return trial
-
-    def done(self, trial) -> None:
-        with self.lock:
-            self.running.pop(trial.number, None)
-
-    def beat(self) -> None:
-        """Heartbeats of this process's running trials, so that other hosts can tell they are alive."""
-        while not self.stop.wait(HEARTBEAT_S):
-            with self.lock:
-                trials = list(self.running.values())
-            for trial in trials:
-                try:
-                    trial.set_user_attr("heartbeat", time.time())
-                except Exception:  # noqa: BLE001 - finished meanwhile; a missed beat is harmless
-                    pass
-            try:
-                self.recover()
-            except Exception as exc:  # noqa: BLE001 - a storage hiccup: the next beat tries again
-                logging.getLogger("autoopt").warning("recovering abandoned trials failed: %r", exc)
-
-
-def since_best(trials) -> int:
-    """Trials finished (in the order they finished) after the best feasible one; 0 before there is one."""
-    finished = sorted((t for t in trials if t.state.is_finished() and t.datetime_complete is not None),
-                      key=lambda t: t.datetime_complete)
-    best, since = None, 0
-    for t in finished:
-        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in (t.constraints or {}).values())
-        if feasible and (best is None or t.value > best):
-            best, since = t.value, 0
-        elif best is not None:
-            since += 1
-    return since
-
-
 def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, listeners: list) -> None:
     import optuna
 
     config = space.suggest(trial)
     attrs = trial.user_attrs
     record = TrialRecord(trial.number, config, TrialState.RUNNING, reference=bool(attrs.get("reference")),
-                         curve=attrs.get("curve"))
+                         curve=attrs.get("curve"), climb=attrs.get("climb"))
     _notify(listeners, "trial_started", record)
     if record.run_id:
         trial.set_user_attr("mlflow_run_id", record.run_id)

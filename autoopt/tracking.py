@@ -174,6 +174,8 @@ class Tracker:
             tags["autoopt.reused_from"] = str(record.reused_from)
         if record.curve:
             tags["autoopt.curve"] = record.curve[:5000]
+        if record.climb:
+            tags["autoopt.climb"] = record.climb
         if record.metrics.get("latency_unreliable"):
             tags["autoopt.unreliable"] = "latency: the timed calls stayed noisy after a repeat (see latency_cv)"
         partial = bool(record.metrics.get("stopped_early"))

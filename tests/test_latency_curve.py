@@ -31,6 +31,23 @@ def test_a_batch_past_a_measured_overshoot_or_the_linear_extrapolation_is_ruled_
     assert family({**REF, "quant_granularity": "per_tensor"}) == family({**REF, "batch_size": 64, "threads": 1})
 
 
+def test_the_sampler_moves_a_batch_down_and_says_why():
+    import optuna
+
+    from autoopt.sampler import ValidConfigSampler
+
+    curves = LatencyCurves([measured(0, 2.0, batch_size=1)], target_ms=20.0)  # 2 ms a sample: at most 20
+    for distribution, expected in ((optuna.distributions.IntDistribution(1, 128, log=True), 20),
+                                   (optuna.distributions.CategoricalDistribution([1, 8, 16, 32]), 16)):
+        params, why = ValidConfigSampler._within_curve({**REF, "batch_size": 64}, curves, distribution)
+        assert params["batch_size"] == expected
+        assert why.startswith(f"batch_size 64 -> {expected}: this family's fastest point, #0 (2.000 ms a sample")
+    assert ValidConfigSampler._within_curve({**REF, "batch_size": 8}, curves, distribution) == ({**REF, "batch_size": 8},
+                                                                                                None)
+    over = LatencyCurves([measured(0, 30.0, batch_size=1)], target_ms=20.0)  # over at the smallest batch
+    assert ValidConfigSampler._within_curve({**REF, "batch_size": 8}, over, distribution) == (None, None)
+
+
 def test_no_measurement_no_bound():
     assert LatencyCurves([], target_ms=20.0).largest_batch({**REF, "batch_size": 128}) == (None, None)
 
@@ -77,7 +94,7 @@ def test_a_30_trial_search_spends_no_trial_on_a_batch_twice_over_the_target(seed
         if p95:
             fastest = min(fastest or float("inf"), p95 / t.params["batch_size"])
     assert wasted == 0, [(t.params["compile_mode"], t.params["batch_size"]) for t in trials]
-    moved = [t for t in trials if t.user_attrs.get("curve")]
-    assert moved and all(t.user_attrs["curve"].startswith("batch_size ") for t in moved)  # said on the trial
+    assert all(t.user_attrs["curve"].startswith("batch_size ") for t in trials if t.user_attrs.get("curve"))
+    assert any(t.user_attrs.get("climb") for t in trials)  # the best configuration tried at a larger batch
     best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     assert best.params["compile_mode"] == "openvino" and best.params["batch_size"] >= 24  # still finds large batches

@@ -1,0 +1,88 @@
+"""The trial budget of a search: which job thread gets the next trial, and when the search ends (the
+trial count, --timeout, --patience); heartbeats on this process's running trials."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+from .machine import host_id
+
+ABANDONED = ("abandoned: the search process running it died (killed?) or stopped beating; recovered by a later or "
+             "concurrent search of the study")
+
+# A running trial's owner writes a heartbeat this often ($AUTOOPT_HEARTBEAT_S: shorter where machines come and go)
+HEARTBEAT_S = float(os.environ.get("AUTOOPT_HEARTBEAT_S", 30.0))
+STALE_S = 4 * HEARTBEAT_S  # a trial of another host whose heartbeat is older than this is abandoned
+
+
+class Budget:
+    """Hands out trials to the job threads: at most `n_trials` finished plus running in the study."""
+
+    def __init__(self, study, n_trials: int, timeout_s: float | None, patience: int | None = None):
+        import threading
+
+        self.before_ask: Callable[[], None] = lambda: None
+        self.recover: Callable[[], None] = lambda: None  # abandoned trials of other processes, checked each beat
+        self.study, self.n_trials, self.timeout_s, self.patience = study, n_trials, timeout_s, patience
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.running: dict = {}
+
+    def ask(self):
+        with self.lock:
+            if self.stop.is_set() or (self.timeout_s is not None and time.monotonic() - self.started >= self.timeout_s):
+                return None
+            trials = self.study.get_trials(deepcopy=False)
+            # an abandoned trial (its machine died) did not use the budget: another takes its place
+            if sum((t.state.is_finished() and t.user_attrs.get("reason") != ABANDONED) or t.state.name == "RUNNING"
+                   for t in trials) >= self.n_trials:
+                return None
+            if self.patience is not None and since_best(trials) >= self.patience:
+                logging.getLogger("autoopt").info("Stopping: %d trials finished without a better feasible one "
+                                                  "(--patience %d).", self.patience, self.patience)
+                self.stop.set()
+                return None
+            self.before_ask()
+            trial = self.study.ask()
+            now = time.time()
+            trial.set_user_attr("owner", {"host": host_id(), "pid": os.getpid(), "since": now})
+            trial.set_user_attr("heartbeat", now)
+            self.running[trial.number] = trial
+            return trial
+
+    def done(self, trial) -> None:
+        with self.lock:
+            self.running.pop(trial.number, None)
+
+    def beat(self) -> None:
+        """Heartbeats of this process's running trials, so that other hosts can tell they are alive."""
+        while not self.stop.wait(HEARTBEAT_S):
+            with self.lock:
+                trials = list(self.running.values())
+            for trial in trials:
+                try:
+                    trial.set_user_attr("heartbeat", time.time())
+                except Exception:  # noqa: BLE001 - finished meanwhile; a missed beat is harmless
+                    pass
+            try:
+                self.recover()
+            except Exception as exc:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+                logging.getLogger("autoopt").warning("recovering abandoned trials failed: %r", exc)
+
+
+def since_best(trials) -> int:
+    """Trials finished (in the order they finished) after the best feasible one; 0 before there is one."""
+    finished = sorted((t for t in trials if t.state.is_finished() and t.datetime_complete is not None),
+                      key=lambda t: t.datetime_complete)
+    best, since = None, 0
+    for t in finished:
+        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in (t.constraints or {}).values())
+        if feasible and (best is None or t.value > best):
+            best, since = t.value, 0
+        elif best is not None:
+            since += 1
+    return since
