@@ -19,6 +19,9 @@ from .errors import ConfigError, option
 from .targets import Targets
 
 MAX_DRAWS = 64
+# The knobs a step from the best trial changes first: those that move throughput most on CPUs and GPUs
+# (README, "What the knobs do"); the space's other knobs follow in its order.
+NEIGHBOUR_ORDER = ("compile_mode", "quantization", "precision", "pruning_amount", "graph_fusion", "threads")
 
 
 def _has_values(config: dict, values: dict) -> bool:
@@ -32,7 +35,7 @@ class ValidConfigSampler(BaseSampler):
                  climb: bool = False):
         self.inner = inner
         self.target_latency_ms = target_latency_ms  # batch sizes the latency curve rules out are moved down
-        self.climb = climb  # first try the best feasible configuration at the next larger batch size
+        self.climb = climb  # every other sampled trial, a step from the best one (_local_move)
         self.required = dict(required or {})  # knob values every sampled configuration must have
         self.canonical = canonical
         self.in_scope = in_scope or _has_values
@@ -62,10 +65,10 @@ class ValidConfigSampler(BaseSampler):
             return (self.canonical(params) not in seen and self.conflict(params) is None
                     and self.in_scope(params, self.required) and not any(self.in_scope(params, s) for s in scopes))
 
-        climb = self._climb(finished, curves, search_space.get("batch_size")) if self.climb else None
-        if climb is not None and acceptable(climb[0]):
-            study._storage.set_trial_user_attr(trial._trial_id, "climb", climb[1])
-            return climb[0]
+        local = self._local_move(finished, curves, search_space, acceptable) if self.climb else None
+        if local is not None:
+            study._storage.set_trial_user_attr(trial._trial_id, "climb", local[1])
+            return local[0]
         params: dict | None = {}
         for sampler in (self.inner, self.fallback):
             for _ in range(MAX_DRAWS):
@@ -88,21 +91,42 @@ class ValidConfigSampler(BaseSampler):
 
         return LatencyCurves([TrialRecord.from_optuna(t) for t in finished], self.target_latency_ms)
 
-    def _climb(self, finished, curves, distribution) -> tuple[dict, str] | None:
-        """The best feasible trial's configuration at the next larger batch size the curve allows, and
-        why: throughput grows with the batch until latency or memory stops it, so that is where the best
-        configuration's family is most likely to improve."""
+    def _local_move(self, finished, curves, search_space: dict, acceptable) -> tuple[dict, str] | None:
+        """A step from the best feasible trial so far (once it is not the reference), on every other
+        sampled trial: its configuration at the next larger batch size the curve allows (throughput
+        grows with the batch until latency or memory stops it), else with one knob changed into a family
+        (and thread count) not tried at any batch yet, the knobs that move throughput most first
+        (NEIGHBOUR_ORDER). None: TPE's turn, or nothing left near it."""
         feasible = [t for t in finished if t.state.name == "COMPLETE" and len(t.params) == len(self.distributions)
                     and all(v <= 0 for v in (t.constraints or {}).values())]
-        if distribution is None or not feasible:
+        best = max(feasible, key=lambda t: t.value, default=None)
+        if best is None or best.user_attrs.get("reference"):
             return None
-        best = max(feasible, key=lambda t: t.value)
-        batch = best.params["batch_size"]
-        larger = _next_larger(distribution, batch)
-        params, _ = self._within_curve({**best.params, "batch_size": larger}, curves, distribution) if larger else (None, None)
-        if params is None or params["batch_size"] <= batch:
+        sampled = [t for t in finished if not t.user_attrs.get("reference") and not t.user_attrs.get("warm_start")]
+        moves = sum(bool(t.user_attrs.get("climb")) for t in sampled)
+        if moves > len(sampled) - moves:  # TPE's turn: it keeps exploring what no step from here reaches
             return None
-        return params, f"batch_size {batch} -> {params['batch_size']} of the best feasible trial so far (#{best.number})"
+        distribution = search_space.get("batch_size")
+        batch = best.params.get("batch_size")
+        larger = _next_larger(distribution, batch) if distribution is not None else None
+        if larger is not None:
+            params, _ = self._within_curve({**best.params, "batch_size": larger}, curves, distribution)
+            if params is not None and params["batch_size"] > batch and acceptable(params):
+                return params, f"batch_size {batch} -> {params['batch_size']} of the best trial so far (#{best.number})"
+        from .latency_curve import family
+
+        # A family tried at any batch size already told what it is worth: a step goes where nothing was measured.
+        tried = {(family(t.params), t.params.get("threads")) for t in finished if len(t.params) == len(self.distributions)}
+        names = [n for n in NEIGHBOUR_ORDER if n in search_space] + [n for n in search_space if n not in NEIGHBOUR_ORDER]
+        for name in names:
+            for value in getattr(search_space[name], "choices", ()):
+                if name == "batch_size" or value == best.params[name]:
+                    continue
+                params, _ = self._within_curve({**best.params, name: value}, curves, distribution)
+                if (params is not None and (family(params), params.get("threads")) not in tried
+                        and acceptable(params)):
+                    return params, f"{name} {best.params[name]} -> {value} of the best trial so far (#{best.number})"
+        return None
 
     @staticmethod
     def _within_curve(params: dict, curves, distribution) -> tuple[dict | None, str | None]:

@@ -36,7 +36,7 @@ def open_study(name: str, storage, seed: int | None, space, device: str, sampler
         make_sampler(sampler, seed, space), space.distributions(), lambda c: knobs.conflict(c, device),
         knobs.canonical, knobs.in_scope, seed=seed, required=space.required,
         target_latency_ms=None if sampler == "grid" else target_latency_ms,  # the grid visits every combination
-        climb=sampler in ("tpe", "gp"),  # random and grid stay what they say
+        climb=sampler in ("tpe", "gp"),  # local steps from the best trial; random and grid stay what they say
     )
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True, sampler=sampler
