@@ -135,7 +135,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     study.set_user_attr("remeasured", {})  # figures of an earlier run of this study are stale now
     # What a later `autoopt export` needs to rebuild a trial and log the model beside the study.
     set_search_meta(study, {"pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id,
-                            "task": opts.task})
+                            "task": opts.task, "export": opts.export})
     with tracker.failing_study(), Runner(pipe, opts, ref_accuracy, study) as runner:
         interrupted = False
         try:
@@ -246,24 +246,28 @@ def _export_winner(result: SearchResult, opts: SearchOptions, pipe) -> None:
         result.export_interrupted = True
 
 
-def export(study: str | None = None, *, trial: int | None = None, format: str = "onnx", out: str | os.PathLike | None = None,
+def export(study: str | None = None, *, trial: int | None = None, format: str | None = None, out: str | os.PathLike | None = None,
            tracking_uri: str | os.PathLike | None = None, storage: str | None = None, register: str | None = None,
            pipeline: Pipeline | None = None):
     """Export a finished trial of `study` (default: the latest study; its best feasible trial) as a verified bundle.
 
-    format: an export format ("onnx", "openvino", "torchscript"); the trial must have run on the runtime that writes it.
+    format: an export format ("aoti", "onnx", "openvino", "torchscript"); the trial must have run on the runtime
+    that writes it. None: the study's --export, else the format that ships the trial (bundle.default_format).
     out: the bundle directory (default exports/<study>). register: an MLflow registered-model name.
     pipeline: needed only when the study searched an in-memory Pipeline (no file to reload).
     """
-    from .bundle import check_format, select_trial
+    from .bundle import check_format, default_format, select_trial
 
-    check_format(format)
+    if format is not None:
+        check_format(format)
     optuna_study = load_study(study, tracking_uri, storage)
     study = optuna_study.study_name
     if optuna_study.user_attrs.get("autoopt", {}).get("task") == "train":
         raise ConfigError(f"Study {study} searched the training step ({option('task', 'train')}): there is no "
                           f"inference model to export. Export a study of {option('task', 'infer')}.")
-    chosen = select_trial(optuna_study, trial, format)
+    carry = format is None  # the winner ships, whatever its runtime
+    format = format or default_format(optuna_study, trial)
+    chosen = select_trial(optuna_study, trial, format, carry=carry)
     if pipeline is None and not optuna_study.user_attrs.get("autoopt", {}).get("pipeline"):
         raise ConfigError(f"Study {study} searched an in-memory pipeline: pass pipeline= to export it.")
     return _export_and_log(optuna_study, chosen, format, out or Path("exports") / study, register, pipeline)

@@ -73,8 +73,29 @@ def check_format(fmt: str, name: str = "format") -> str:
     return fmt
 
 
-def select_trial(study, number: int | None, fmt: str):
-    """The trial to export: `number`, or the best feasible one; its runtime must suit the format."""
+def default_format(study, number: int | None) -> str:
+    """The format `autoopt export` ships without --format: the study's --export, else the one that ships
+    trial `number` (default: the best feasible trial), whatever its runtime (runtimes.format_for)."""
+    from .runtimes import format_for
+    from .storage import search_meta
+
+    if search_meta(study).get("export"):
+        return search_meta(study)["export"]
+    trials = records(study)
+    chosen = next((t for t in trials if t.number == number), None) if number is not None else \
+        next(iter(ranked_feasible(trials)), None)
+    if chosen is None:
+        return "onnx"  # nothing to ship: select_trial says why, for the format a user would try first
+    fmt = format_for(chosen.config.get("compile_mode", "eager"))
+    if fmt is None:
+        raise ConfigError(f"Trial {chosen.number} ran on compile_mode={chosen.config.get('compile_mode')}, which no "
+                          f"export format ships. Pass {option('format')} with {option('trial')} of another trial.")
+    return fmt
+
+
+def select_trial(study, number: int | None, fmt: str, carry: bool = False):
+    """The trial to export: `number`, or the best feasible one; its runtime must suit the format (with
+    `carry`, a runtime the format carries too: ExportFormat.carries)."""
     device = study.user_attrs.get("search", {}).get("device", "cpu")
     if device != "cpu":  # the export builds, verifies and re-times on the CPU: it would ship something else
         raise ConfigError(f"Study {study.study_name} ran its trials on {device}; export builds, verifies and re-times "
@@ -82,7 +103,8 @@ def select_trial(study, number: int | None, fmt: str):
                           f"{option('device', 'cpu')} to export.")
     trials = records(study)
     runtime = FORMATS[fmt]
-    carried = [t for t in ranked_feasible(trials) if t.config.get("compile_mode") == runtime]
+    shipped = {runtime, *(export_format(fmt).carries if carry else ())}
+    carried = [t for t in ranked_feasible(trials) if t.config.get("compile_mode") in shipped]
     if number is None:
         if not carried:
             raise ConfigError(f"Study {study.study_name} has no feasible trial that ran on {runtime}, the runtime "
@@ -94,7 +116,7 @@ def select_trial(study, number: int | None, fmt: str):
         raise ConfigError(f"Trial {number} of study {study.study_name} is not a complete trial; "
                           f"complete trials: {[t.number for t in trials if t.state == TrialState.COMPLETE]}.")
     chosen = found[0]
-    if chosen.config.get("compile_mode") != runtime:
+    if chosen.config.get("compile_mode") not in shipped:
         hint = (f"the closest exportable trial is {carried[0].number} ({carried[0].metrics['throughput']:,.0f} samples/s)"
                 if carried else f"no feasible trial of this study ran on {runtime}; search with {option('export', fmt)}")
         raise ConfigError(f"Trial {chosen.number} ran on compile_mode={chosen.config.get('compile_mode')}, which "
@@ -121,7 +143,8 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        config = trial.config
+        # A carried trial (an inductor one shipped as AOTInductor) is built on the format's own runtime.
+        config = {**trial.config, "compile_mode": FORMATS[fmt]}
         batch = int(config["batch_size"])
         runtime, prepared, ctx, build_s = build_candidate(pipe, config, "cpu", int(config["threads"]), str(tmp),
                                                           pipe.make_inputs(batch))
@@ -143,6 +166,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             "metrics": {k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
                                                            "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop")},
             "remeasured": trial.remeasured,  # the end-of-search interleaved figures, when the trial took part
+            "measured_as": trial.config.get("compile_mode"),  # differs from config's when the format carried it
             "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]),
             "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx", "openvino", "nncf"),
             "machine": cpu_info(),  # the machine that built and verified the bundle
@@ -233,7 +257,8 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="autoopt-verify-"))
     try:
-        batches = sorted({3, batch})
+        fixed = manifest["runtime"].get("fixed_batch")  # a package compiled for one batch size runs that one
+        batches = [fixed] if fixed else sorted({3, batch})
         inputs = {b: pipe.make_inputs(b) for b in batches}  # once: make_inputs may be random
         for b in batches:
             np.savez(work / f"inputs_{b}.npz", *[t.numpy() for t in inputs[b]])

@@ -114,7 +114,7 @@ SEARCH_PANELS = {
     "Export and output": ("export", "out", "register", "json_out"),
 }
 CHOICES = {"device": "[auto|cpu|cuda]", "sampler": "[tpe|gp|random|grid]", "task": "[infer|train]",
-           "export": "[onnx|openvino|torchscript]", "format": "[onnx|openvino|torchscript]"}
+           "export": "[aoti|onnx|openvino|torchscript]", "format": "[aoti|onnx|openvino|torchscript]"}
 
 
 def _describe_options(command, panels: dict | None = None) -> None:
@@ -164,6 +164,12 @@ def _report_search(result) -> None:
     console.print(f"[bold green]Best:[/] trial {best.number} ({escape(describe(best.config))}): "
                   f"{best.figures['throughput']:,.0f} samples/s"
                   + (f", {speedup:.2f}x the reference" if speedup else ""), highlight=False)
+    if not export:
+        from .runtimes import format_for
+
+        ships = format_for(best.config.get("compile_mode", "eager"))
+        console.print(f"Ships as {ships}: autoopt export --study {result.study_name}" if ships else
+                      "No export format ships this runtime.", highlight=False)
     if export:
         if result.exported is None:
             err.print(f"[bold red]Nothing exported:[/] no feasible trial ran on the runtime --export {export} ships.")
@@ -175,14 +181,15 @@ def _report_search(result) -> None:
 def export_command(
     study: Optional[str] = typer.Option(None, help="The study to export from (default: the latest study)."),
     trial: Optional[int] = typer.Option(None, help="Trial number (default: the best feasible trial for the format)."),
-    format: str = typer.Option("onnx", "--format", help="The bundle's format."),
+    format: Optional[str] = typer.Option(None, "--format", help="The bundle's format (default: the study's --export, "
+                                                                 "else the one that ships the winner's runtime)."),
     out: Optional[str] = typer.Option(None, help="Bundle directory (default: exports/<study>)."),
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
     tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
     json_out: bool = typer.Option(False, "--json", help="Print the bundle's path and manifest as one JSON document."),
 ) -> None:
-    """Export a finished trial as a verified ONNX or TorchScript bundle (model file + autoopt.json)."""
+    """Export a finished trial as a verified bundle (model file + autoopt.json) that needs no autoopt."""
     from . import api
 
     try:

@@ -37,9 +37,10 @@ def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, mani
         (staging / "bundle" / "autoopt.json").write_text(json.dumps(logged, indent=2))
         example = _input_example(bundle, manifest)
         outputs = _run_once(fmt.plain_loader, bundle, manifest, example)
+        rows = manifest["runtime"].get("fixed_batch") or -1  # -1: any batch size
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(a.dtype, (-1, *a.shape[1:]), name) for name, a in example.items()]),
-            outputs=Schema([TensorSpec(a.dtype, (-1, *a.shape[1:]), path) for path, a in outputs.items()]))
+            inputs=Schema([TensorSpec(a.dtype, (rows, *a.shape[1:]), name) for name, a in example.items()]),
+            outputs=Schema([TensorSpec(a.dtype, (rows, *a.shape[1:]), path) for path, a in outputs.items()]))
         with mlflow.start_run(run_id=parent_run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=bundle_pyfunc.__file__, artifacts={"bundle": str(staging / "bundle")},
@@ -74,11 +75,13 @@ def _input_example(bundle: Path, manifest: dict) -> dict:
     """Two rows of the bundle's example inputs by input name (zeros for a bundle without them)."""
     import numpy as np
 
+    rows = manifest["runtime"].get("fixed_batch") or 2  # a package compiled for one batch size takes that many
     path = bundle / "example_inputs.npz"
     if path.is_file():
         with np.load(path) as data:
-            return {i["name"]: data[f"arr_{n}"][:2] for n, i in enumerate(manifest["inputs"])}
-    return {i["name"]: np.zeros([2, *i["shape"][1:]], dtype=i["dtype"]) for i in manifest["inputs"]}
+            return {i["name"]: data[f"arr_{n}"][np.arange(rows) % len(data[f"arr_{n}"])]
+                    for n, i in enumerate(manifest["inputs"])}
+    return {i["name"]: np.zeros([rows, *i["shape"][1:]], dtype=i["dtype"]) for i in manifest["inputs"]}
 
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"

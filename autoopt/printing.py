@@ -100,6 +100,9 @@ def print_export(exported) -> None:
         console.print(f"Run it with {' '.join(f'{k}={v}' for k, v in environment.items())} in the environment: the "
                       f"malloc thresholds it was measured with (autoopt.load applies them); without them "
                       f"p50 was {v['fresh_process_latency_ms_p50_without_environment']:.2f} ms.", highlight=False)
+    if m.get("measured_as") and m["measured_as"] != m["config"]["compile_mode"]:
+        console.print(f"The trial ran on compile_mode={m['measured_as']}; {m['format']} ships it built on "
+                      f"compile_mode={m['config']['compile_mode']}, verified and re-timed above.", highlight=False)
     if m.get("mlflow_model_uri"):
         console.print(f"MLflow model: {m['mlflow_model_uri']}", highlight=False)
 

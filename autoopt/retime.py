@@ -41,6 +41,10 @@ def retime(path, batch: int | None = None, processes: int = 3) -> dict:
     if not (bundle / EXAMPLE_INPUTS).is_file():
         raise ConfigError(f"Bundle {path} has no {EXAMPLE_INPUTS} (it was exported by an earlier autoopt): there are "
                           "no inputs to time it on. Export it again with `autoopt export`.")
+    fixed = manifest["runtime"].get("fixed_batch")
+    if fixed and batch and int(batch) != fixed:
+        raise ConfigError(f"Bundle {path} was compiled for batch size {fixed} only (its model could not be exported "
+                          f"with a dynamic batch). Got --batch {batch}. Drop --batch, or pass --batch {fixed}.")
     batch = int(batch or manifest["config"]["batch_size"])
     with np.load(bundle / EXAMPLE_INPUTS) as data:
         example = [data[f"arr_{i}"] for i in range(len(manifest["inputs"]))]

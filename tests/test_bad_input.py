@@ -72,7 +72,7 @@ CASES = [
     (S + ["--sampler", "bayes"], "--sampler must be one of [tpe, gp, random, grid]. Got 'bayes'."),
     (S + ["--task", "predict"], "--task must be one of [infer, train]. Got 'predict'."),
     (S + ["--device", "tpu"], "--device must be one of [auto, cpu, cuda]. Got 'tpu'."),
-    (S + ["--export", "tflite"], "--export must be one of [onnx, openvino, torchscript]. Got 'tflite'."),
+    (S + ["--export", "tflite"], "--export must be one of [aoti, onnx, openvino, torchscript]. Got 'tflite'."),
     (S + ["--export", "onnx", "--task", "train"], "--export ships an inference model"),
     (S + ["--register", "m"], "--register belongs to --export, which was not given."),
     (S + ["--out", "bundle"], "--out belongs to --export, which was not given."),
@@ -85,7 +85,7 @@ CASES = [
     (["ui", "--port", "99999"], "Invalid value for '--port'"),
     (["ui", "--port", "-1"], "Invalid value for '--port'"),
     (["export", "--study", "nope"], "No study named 'nope'"),
-    (["export", "--study", "nope", "--format", "tflite"], "must be one of [onnx, openvino, torchscript]. Got 'tflite'."),
+    (["export", "--study", "nope", "--format", "tflite"], "must be one of [aoti, onnx, openvino, torchscript]. Got 'tflite'."),
     (["trials", "--study", "nope"], "No study named 'nope'"),
     (["search", "{tmp}/missing.py"], "missing.py: pipeline file not found."),
 ] + [(["search", "{tmp}/" + name], message) for name, message in [

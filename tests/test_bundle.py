@@ -188,7 +188,7 @@ def test_cli_export_and_trials(onnx_study):
     assert "verified in a fresh process without autoopt" in done.output and (root / "cli" / "model.onnx").exists()
     assert "Run it with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728" in " ".join(done.output.split())
     bad = runner.invoke(app, ["export", "--study", "exp-onnx", "--format", "tflite", "--tracking-uri", str(root / "store")])
-    assert bad.exit_code == 2 and "--format must be one of [onnx, openvino, torchscript]. Got 'tflite'." in bad.output
+    assert bad.exit_code == 2 and "--format must be one of [aoti, onnx, openvino, torchscript]. Got 'tflite'." in bad.output
     missing = runner.invoke(app, ["trials", "--study", "nope", "--tracking-uri", str(root / "store")])
     assert missing.exit_code == 2 and "No study named 'nope'" in missing.output
 

@@ -26,6 +26,7 @@ def test_search_prints_trials_and_the_final_table(tmp_path):
     assert "the reference (every knob at its baseline) and the top feasible trials" in out
     assert "0* (ref)" in out and "1.00x" in out  # re-measured with the top trials at the end
     assert "* re-measured at the end, interleaved with the reference" in out
+    assert "Ships as " in out and "autoopt export --study cli" in out  # the format the winner ships as
     # the winner the CLI prints is the run MLflow tags, with the figure it printed
     import re
 
@@ -310,6 +311,6 @@ def test_help_groups_options_lists_choices_and_offers_completion():
     text = re.sub(r"\x1b\[[0-9;]*m", "", wide.invoke(app, ["search", "--help"]).output)
     for panel in ("Targets", "Search", "Execution", "Storage", "Export and output"):
         assert f"─ {panel} ─" in text
-    assert "[auto|cpu|cuda]" in text and "[tpe|gp|random|grid]" in text and "[onnx|openvino|torchscript]" in text
+    assert "[auto|cpu|cuda]" in text and "[tpe|gp|random|grid]" in text and "[aoti|onnx|openvino|torchscript]" in text
     root = wide.invoke(app, ["--help"]).output
     assert "--install-completion" in root and "--version" in root

@@ -31,8 +31,8 @@ def test_the_api_and_the_cli_share_one_validation(tmp_path):
 
     with pytest.raises(ConfigError) as info:
         SearchOptions.parse(export="tflite")
-    assert str(info.value) == "export must be one of [onnx, openvino, torchscript]. Got 'tflite'."
-    assert info.value.for_cli() == "--export must be one of [onnx, openvino, torchscript]. Got 'tflite'."
+    assert str(info.value) == "export must be one of [aoti, onnx, openvino, torchscript]. Got 'tflite'."
+    assert info.value.for_cli() == "--export must be one of [aoti, onnx, openvino, torchscript]. Got 'tflite'."
     with pytest.raises(ConfigError, match=r"target_latncy is not a search option\. .* Did you mean target_latency\?"):
         autoopt.search("tiny", target_latncy="10ms")
     options = SearchOptions.parse(target_latency="20ms", timeout=30, sampler="grid")

@@ -20,7 +20,7 @@ def _conflict(config: dict, device: str) -> str | None:
 KNOB = Knob(
     name="compile_mode",
     doc="Runtime that builds predict and is shipped: eager, torchscript, inductor (default, max-autotune, "
-        "reduce-overhead on CUDA) or onnxruntime.",
+        "reduce-overhead on CUDA), inductor_aot (AOTInductor package), onnxruntime or openvino.",
     baseline="eager",
     choices=tuple(runtimes.RUNTIMES),
     unavailable=_unavailable,

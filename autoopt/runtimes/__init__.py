@@ -6,7 +6,7 @@ conformance suite runs it, and an `EXPORT` format makes it exportable, loadable 
 
 from __future__ import annotations
 
-from . import eager, inductor, onnxruntime, openvino, torchscript
+from . import aoti, eager, inductor, onnxruntime, openvino, torchscript
 from .base import BuildContext, Built, ExportFormat, Prepared, Runtime
 
 # compile_mode value -> the runtime module that builds it (the inductor modes share one module).
@@ -16,10 +16,10 @@ RUNTIMES: dict[str, Runtime] = {
     "inductor": inductor,
     "inductor_max_autotune": inductor,
     "inductor_reduce_overhead": inductor,
+    "inductor_aot": aoti,  # AOTInductor: the inductor path that ships (export format aoti)
     "onnxruntime": onnxruntime,
     "openvino": openvino,
 }
-
 
 
 def _formats() -> dict[str, str]:
@@ -34,6 +34,14 @@ def _formats() -> dict[str, str]:
 FORMATS: dict[str, str] = _formats()
 
 
+def format_for(compile_mode: str) -> str | None:
+    """The export format that ships a trial of `compile_mode`: its runtime's own, else one that carries it."""
+    for name, mode in FORMATS.items():
+        if mode == compile_mode:
+            return name
+    return next((name for name, mode in FORMATS.items() if compile_mode in RUNTIMES[mode].EXPORT.carries), None)
+
+
 def get(name: str) -> Runtime:
     return RUNTIMES[name]
 
@@ -43,5 +51,5 @@ def export_format(name: str) -> ExportFormat:
     return RUNTIMES[FORMATS[name]].EXPORT
 
 
-__all__ = ["RUNTIMES", "FORMATS", "get", "export_format", "BuildContext", "Built", "ExportFormat", "Prepared",
+__all__ = ["RUNTIMES", "FORMATS", "get", "export_format", "format_for", "BuildContext", "Built", "ExportFormat", "Prepared",
            "Runtime"]

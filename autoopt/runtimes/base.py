@@ -29,6 +29,10 @@ class ExportFormat:
     settings(config: dict, prepared: Prepared) -> dict: runtime settings the manifest records.
     check(model_file: str): a structural check of the file before it is run (raises), or None.
     companions: files that ship beside the model file, under these names (OpenVINO's model.bin).
+    carries: other compile_mode values whose trials this format ships by building the trial's
+        configuration on its own runtime (an inductor trial as an AOTInductor package, an eager one as
+        TorchScript): what `autoopt export` without --format does for a winner of a runtime that writes
+        no file. The bundle is verified and re-timed like any other; its manifest names the trial's runtime.
     """
 
     name: str
@@ -39,6 +43,7 @@ class ExportFormat:
     settings: Callable[[dict, "Prepared"], dict] = lambda config, prepared: {}
     check: Callable[[str], None] | None = None
     companions: tuple[str, ...] = ()
+    carries: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -149,5 +149,6 @@ def _load_bundle(bundle, manifest: dict, spec):
 
 EXPORT = ExportFormat(
     name="torchscript", model_file="model.pt", plain_loader=plain_loader, load=_load_bundle, packages=("torch",),
+    carries=("eager",),
     settings=lambda config, prepared: {"dtype": str(prepared.state.get("dtype", "torch.float32")).replace("torch.", "")},
 )
