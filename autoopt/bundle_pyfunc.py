@@ -13,6 +13,7 @@ outputs: a dict of arrays by output path (`logits`, `extra.0`).
 import ctypes
 import json
 import os
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -43,7 +44,7 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         self.run = namespace[manifest["plain_loader"]](bundle, manifest)
         self.inputs = manifest["inputs"]
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: Any, params=None) -> Any:  # Any: the signature says the shapes
         if isinstance(model_input, dict):
             arrays = [model_input[i["name"]] for i in self.inputs]
         else:

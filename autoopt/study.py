@@ -138,7 +138,7 @@ def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, lis
     import optuna
 
     config = space.suggest(trial)
-    attrs = trial.user_attrs
+    attrs = study._storage.get_trial_user_attrs(trial._trial_id)  # the sampler wrote its notes past the trial's cache
     record = TrialRecord(trial.number, config, TrialState.RUNNING, reference=bool(attrs.get("reference")),
                          curve=attrs.get("curve"), climb=attrs.get("climb"))
     _notify(listeners, "trial_started", record)

@@ -83,7 +83,14 @@ def test_a_30_trial_search_spends_no_trial_on_a_batch_twice_over_the_target(seed
             return TrialResult.pruned("latency over the target", {**metrics, "stopped_early": 1})
         return TrialResult.complete(metrics)
 
-    run(study, space, [evaluate], Targets(latency_ms=target), 30, None, "cpu", [])
+    class Notes:  # what the progress line and the MLflow tags see
+        seen: list = []
+
+        def trial_finished(self, record):
+            self.seen.append((record.climb, record.curve))
+
+    notes = Notes()
+    run(study, space, [evaluate], Targets(latency_ms=target), 30, None, "cpu", [notes])
     trials = sorted(study.trials, key=lambda t: t.number)
     assert len(trials) == 30 and trials[0].user_attrs.get("reference")
     wasted, fastest = 0, None
@@ -96,5 +103,6 @@ def test_a_30_trial_search_spends_no_trial_on_a_batch_twice_over_the_target(seed
     assert wasted == 0, [(t.params["compile_mode"], t.params["batch_size"]) for t in trials]
     assert all(t.user_attrs["curve"].startswith("batch_size ") for t in trials if t.user_attrs.get("curve"))
     assert any(t.user_attrs.get("climb") for t in trials)  # the best configuration tried at a larger batch
+    assert [c for c, _ in notes.seen if c] == [t.user_attrs["climb"] for t in trials if t.user_attrs.get("climb")]
     best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     assert best.params["compile_mode"] == "openvino" and best.params["batch_size"] >= 24  # still finds large batches
