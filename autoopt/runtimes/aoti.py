@@ -45,6 +45,23 @@ def _export(model, inputs: tuple, dynamic: bool):
     return torch.export.export(model, inputs, dynamic_shapes=shapes)
 
 
+def exported(model, example: tuple, batch: tuple, scope: dict):
+    """(torch.export's program with a dynamic batch, True), else for `batch`'s size (..., False); Unsupported
+    with torch.export's reason when neither captures the model."""
+    import torch
+
+    with torch.no_grad():
+        try:
+            return _export(model, example, True), True
+        except Exception:  # noqa: BLE001 - a batch-specialized graph: compiled for the trial's batch
+            try:
+                return _export(model, batch, False), False
+            except Exception as exc:
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise Unsupported(f"{scope['compile_mode']}: torch.export cannot capture this model: "
+                                  f"{type(exc).__name__}: {first}"[:300], scope) from exc
+
+
 def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     import torch
     from torch.utils import _pytree as pytree
@@ -57,17 +74,10 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
 
     def build() -> tuple[str, dict]:
         scope = {"compile_mode": config["compile_mode"], "quantization": config.get("quantization", "none")}
+        program, dynamic = exported(model, example, batch, scope)
+        path = os.path.join(ctx.workdir, "model.pt2")
         with torch.no_grad():
-            try:
-                exported, dynamic = _export(model, example, True), True
-            except Exception:  # noqa: BLE001 - a batch-specialized graph: compiled for the trial's batch
-                try:
-                    exported, dynamic = _export(model, batch, False), False
-                except Exception as exc:
-                    raise Unsupported(f"inductor_aot: torch.export cannot capture this model: {type(exc).__name__}: "
-                                      f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300], scope) from exc
-            path = os.path.join(ctx.workdir, "model.pt2")
-            torch._inductor.aoti_compile_and_package(exported, package_path=path)
+            torch._inductor.aoti_compile_and_package(program, package_path=path)
             spec = output_spec(model(*(example if dynamic else batch)))
         fixed = None if dynamic else int(batch[0].shape[0])
         return path, {"output_spec": pytree.treespec_dumps(spec), "fixed_batch": fixed}

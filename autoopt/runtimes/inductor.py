@@ -1,5 +1,7 @@
 """inductor: torch.compile with freezing. Serves compile_mode inductor (default mode),
-inductor_max_autotune and inductor_reduce_overhead (CUDA graphs: CUDA only).
+inductor_max_autotune and inductor_reduce_overhead (CUDA graphs: CUDA only). It writes no file: its
+trials ship as AOTInductor packages (the aoti format carries them), so a model torch.export cannot
+capture is pruned at build time with the reason.
 
 Compilation happens in `prepare`, on the trial's batch shape, so its seconds count as build_s and
 never as latency. On CPU it pays off for convolution/elementwise-heavy models, not for GEMM-bound
@@ -39,6 +41,13 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 512)
     model = model.to(ctx.device)
     dtype = model_dtype(model)
+    # The winner must ship in some format, and an inductor trial ships as an AOTInductor package (aoti):
+    # a model torch.export cannot capture is pruned here, with its reason, before any compile.
+    from .aoti import exported
+
+    exported(model, cast_inputs(ctx.example_inputs, dtype, ctx.device),
+             cast_inputs(ctx.batch_inputs or ctx.example_inputs, dtype, ctx.device),
+             {"compile_mode": config["compile_mode"], "quantization": config.get("quantization", "none")})
     # Static shapes: one compile per served batch size (a fixed-batch server), and no dynamic-shape
     # kernels (those failed stride checks on int8 convolutions at batch 1 in torch 2.13).
     compiled = torch.compile(model, mode=MODES[config["compile_mode"]], dynamic=False)
