@@ -104,7 +104,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     the bundled default). keywords: the options (target_latency="100ms", target_memory="1GB",
     max_accuracy_drop="1%", trials=20, export="onnx", ...; every one is described in `SearchOptions`),
     or `options` built by `SearchOptions.parse`. config: a YAML file of options (search_config); the
-    keywords override it. listeners: objects with optional search_started(total, done, best, jobs,
+    keywords override it. listeners: objects with optional search_started(finished records, total, jobs,
     timeout_s) / trial_started(record) / trial_finished(record) / search_finished() methods (the trial
     events come from the job threads).
     """

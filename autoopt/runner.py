@@ -22,8 +22,8 @@ from .worker import Worker
 log = logging.getLogger("autoopt")
 REMEASURE_ROUNDS = 10
 # A contender must reach this share of the best feasible throughput in its short timing (candidate._screen):
-# the short timing's noise on these machines is about 10%, and a trial at 70% of the best rarely wins the
-# end-of-search re-measurement.
+# a few calls after a short warm-up can read well below a full timing on a busy 2-core machine, and a trial
+# at 70% of the best is no candidate for the end-of-search re-measurement's top places.
 SCREEN_SHARE = 0.7
 
 

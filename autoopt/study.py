@@ -15,7 +15,7 @@ import time
 from typing import Callable
 
 from . import knobs
-from .budget import ABANDONED, STALE_S, Budget, since_best  # noqa: F401 - since_best: re-exported for tests
+from .budget import ABANDONED, STALE_S, Budget
 from .machine import host_id
 from .protocol import TrialResult
 from .results import INTERRUPTED, TrialRecord, TrialState, records

@@ -130,7 +130,8 @@ def test_the_same_flags_with_bf16_measured_fast_try_bf16_first(monkeypatch):
 def test_patience_ends_the_search_that_stopped_improving():
     from autoopt.protocol import TrialResult
     from autoopt.space import load_space
-    from autoopt.study import open_study, run, since_best
+    from autoopt.budget import since_best
+    from autoopt.study import open_study, run
     from autoopt.targets import Targets
 
     space = load_space(None, "cpu")
