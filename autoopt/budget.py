@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 from .machine import host_id
+from .results import frozen_feasible
 
 ABANDONED = ("abandoned: the search process running it died (killed?) or stopped beating; recovered by a later or "
              "concurrent search of the study")
@@ -80,8 +81,7 @@ def since_best(trials) -> int:
                       key=lambda t: t.datetime_complete)
     best, since = None, 0
     for t in finished:
-        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in (t.constraints or {}).values())
-        if feasible and (best is None or t.value > best):
+        if frozen_feasible(t) and (best is None or t.value > best):
             best, since = t.value, 0
         elif best is not None:
             since += 1

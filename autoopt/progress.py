@@ -90,11 +90,14 @@ class Progress:
             return True
         return False
 
+    def _time_left(self) -> tuple[float, float | None]:
+        elapsed = time.monotonic() - self.started
+        return elapsed, time_left_s(self.here, elapsed, self.total - self.done,
+                                    None if self.timeout_s is None else self.timeout_s - elapsed)
+
     def status(self) -> str:
         """best so far, time spent, time left and the running trials: the bar's text."""
-        elapsed = time.monotonic() - self.started
-        left = time_left_s(self.here, elapsed, self.total - self.done,
-                           None if self.timeout_s is None else self.timeout_s - elapsed)
+        elapsed, left = self._time_left()
         parts = [f"best {self.best[0]:,.0f}/s (#{self.best[1]})" if self.best else "no feasible trial yet",
                  f"{clock(elapsed)} spent", f"~{clock(left)} left" if left is not None else "time left: after a trial"]
         # No lock: rich calls this holding its own, which trial_finished takes holding ours. A snapshot
@@ -126,9 +129,7 @@ class Progress:
         if record.climb:
             line += f"  [dim]climb: {escape(record.climb)}[/]"
         if self.bar is None and self.done < self.total:  # a log has no bar: the estimate goes on the line
-            elapsed = time.monotonic() - self.started
-            left = time_left_s(self.here, elapsed, self.total - self.done,
-                               None if self.timeout_s is None else self.timeout_s - elapsed)
+            _, left = self._time_left()
             line += f"  [dim]~{clock(left)} left[/]" if left is not None else ""
         self.console.print(line, highlight=False)
 

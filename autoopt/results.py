@@ -90,6 +90,11 @@ class TrialRecord:
         )
 
 
+def frozen_feasible(trial) -> bool:
+    """An Optuna FrozenTrial that completed within every constraint (TrialRecord.feasible, without a record)."""
+    return trial.state.name == "COMPLETE" and all(v <= 0 for v in (trial.constraints or {}).values())
+
+
 def records(study) -> list[TrialRecord]:
     """The study's trials that started (queued warm-start trials a search did not reach are left out)."""
     remeasured = study.user_attrs.get("remeasured", {})

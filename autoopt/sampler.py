@@ -97,8 +97,9 @@ class ValidConfigSampler(BaseSampler):
         grows with the batch until latency or memory stops it), else with one knob changed into a family
         (and thread count) not tried at any batch yet, the knobs that move throughput most first
         (NEIGHBOUR_ORDER). None: TPE's turn, or nothing left near it."""
-        feasible = [t for t in finished if t.state.name == "COMPLETE" and len(t.params) == len(self.distributions)
-                    and all(v <= 0 for v in (t.constraints or {}).values())]
+        from .results import frozen_feasible
+
+        feasible = [t for t in finished if frozen_feasible(t) and len(t.params) == len(self.distributions)]
         best = max(feasible, key=lambda t: t.value, default=None)
         if best is None or best.user_attrs.get("reference"):
             return None

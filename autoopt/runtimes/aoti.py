@@ -17,7 +17,8 @@ import os
 
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, ExportFormat, Prepared, cast_inputs, model_dtype, output_spec, torch_predictor
+from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, model_dtype, output_spec, torch_built,
+                   torch_predictor)
 
 REALIZES: frozenset = frozenset()
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound
@@ -95,8 +96,7 @@ def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
     import torch
 
     package = torch._inductor.aoti_load_package(prepared.artifact)
-    predict = torch_predictor(package, prepared.state["dtype"], ctx.device, prepared.state["output_spec"])
-    return Built(predict, sync=torch.cuda.synchronize if ctx.device == "cuda" else None)
+    return torch_built(package, prepared.state["dtype"], ctx.device, prepared.state["output_spec"])
 
 
 def plain_loader(bundle: str, manifest: dict):

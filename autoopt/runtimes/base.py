@@ -132,6 +132,13 @@ def torch_predictor(module, dtype, device: str, spec=None, grad_mode=None):
     return predict
 
 
+def torch_built(module, dtype, device: str, spec=None) -> "Built":
+    """Built over a torch callable (torch_predictor), synchronized on CUDA for timing."""
+    import torch
+
+    return Built(torch_predictor(module, dtype, device, spec), sync=torch.cuda.synchronize if device == "cuda" else None)
+
+
 def to_reference_dtypes(outputs):
     """fp32 on CPU for floating outputs, so a bf16/fp16 candidate looks like the reference."""
     import torch

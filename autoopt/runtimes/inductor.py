@@ -11,7 +11,7 @@ the serving growth (activations, workspaces) without the weights.
 
 from __future__ import annotations
 
-from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, torch_predictor
+from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, torch_built
 
 REALIZES: frozenset = frozenset()
 EXPORT = None  # nothing of its own to ship
@@ -61,7 +61,4 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
 
 
 def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
-    import torch
-
-    predict = torch_predictor(prepared.state["compiled"], prepared.state["dtype"], ctx.device)
-    return Built(predict, sync=torch.cuda.synchronize if ctx.device == "cuda" else None)
+    return torch_built(prepared.state["compiled"], prepared.state["dtype"], ctx.device)

@@ -18,7 +18,7 @@ import warnings
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
 from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, model_dtype, output_spec, outputs_close,
-                   torch_predictor)
+                   torch_built, torch_predictor)
 
 REALIZES: frozenset = frozenset()
 
@@ -107,8 +107,7 @@ def load(prepared: Prepared, config: dict, ctx: BuildContext) -> Built:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(prepared.artifact, map_location=ctx.device)
-    predict = torch_predictor(module, prepared.state["dtype"], ctx.device, prepared.state["output_spec"])
-    return Built(predict, sync=torch.cuda.synchronize if ctx.device == "cuda" else None)
+    return torch_built(module, prepared.state["dtype"], ctx.device, prepared.state["output_spec"])
 
 
 def plain_loader(bundle: str, manifest: dict):
