@@ -146,8 +146,10 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
         # A carried trial (an inductor one shipped as AOTInductor) is built on the format's own runtime.
         config = {**trial.config, "compile_mode": FORMATS[fmt]}
         batch = int(config["batch_size"])
-        runtime, prepared, ctx, build_s = build_candidate(pipe, config, "cpu", int(config["threads"]), str(tmp),
-                                                          pipe.make_inputs(batch))
+        shipped_float = trial.metrics.get("float_layers")  # int8_layers: the layers the trial measured in float
+        runtime, prepared, ctx, build_s = build_candidate(
+            pipe, config, "cpu", int(config["threads"]), str(tmp), pipe.make_inputs(batch),
+            float_layers=None if shipped_float is None else [u for u in shipped_float.split(",") if u])
         model_file = tmp / fmt_spec.model_file
         shipped = {model_file, *(tmp / c for c in fmt_spec.companions)}
         artifact = Path(prepared.artifact).resolve()
@@ -168,6 +170,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             "remeasured": trial.remeasured,  # the end-of-search interleaved figures, when the trial took part
             "measured_as": trial.config.get("compile_mode"),  # differs from config's when the format carried it
             "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]),
+            "float_layers": ctx.int8.get("float_layers", []),  # int8_layers: the layers int8 left in float
             "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx", "openvino", "nncf"),
             "machine": cpu_info(),  # the machine that built and verified the bundle
             "source": {"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,

@@ -43,8 +43,11 @@ def calibration_batches(pipeline) -> list[tuple]:
     return batches
 
 
-def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: str, batch_inputs: tuple):
-    """Model-level knobs, then the runtime's prepare: (runtime, Prepared, context, build seconds)."""
+def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: str, batch_inputs: tuple,
+                    accuracy_floor: float | None = None, float_layers: list | None = None):
+    """Model-level knobs, then the runtime's prepare: (runtime, Prepared, context, build seconds).
+    `accuracy_floor`: the lowest metric within the drop (int8_layers=auto); `float_layers`: the int8 layers
+    to leave in float as given (an export ships the trial's own) instead of choosing them again."""
     from . import knobs, runtimes
 
     runtime = runtimes.get(config["compile_mode"])
@@ -53,6 +56,7 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
         batch_inputs=batch_inputs, make_inputs=pipeline.make_inputs, pipeline=pipeline,
         # once per build: quantization and the trace check may both ask (the user's data read once)
         calibration=functools.cache(lambda: calibration_batches(pipeline)),
+        accuracy_floor=accuracy_floor, int8={} if float_layers is None else {"float_layers": list(float_layers)},
     )
     started = time.perf_counter()
     model = knobs.apply_model_knobs(pipeline.build_model().eval(), config, ctx, runtime.REALIZES)
@@ -99,7 +103,8 @@ def run_trial(pipeline, request: TrialRequest) -> TrialResult:
     batch_size = int(config["batch_size"])
     inputs = tuple(t.to(device) for t in pipeline.make_inputs(batch_size))
     with device_lock(device, exclusive=False):
-        runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request.workdir, inputs)
+        runtime, prepared, ctx, build_s = build_candidate(pipeline, config, device, threads, request.workdir, inputs,
+                                                          request.accuracy_floor)
     metrics, built = _measure(runtime, prepared, config, ctx, inputs, request)
     metrics.update(threads=threads, build_s=build_s, **ctx.report)
     if prepared.model_size_mb is not None:
@@ -172,7 +177,7 @@ def remeasure(pipeline, request: TrialRequest) -> TrialResult:
             inputs = tuple(t.to(device) for t in pipeline.make_inputs(int(config["batch_size"])))
             work = os.path.join(request.workdir, f"candidate-{i}")
             os.makedirs(work, exist_ok=True)
-            runtime, prepared, ctx, _ = build_candidate(pipeline, config, device, threads, work, inputs)
+            runtime, prepared, ctx, _ = build_candidate(pipeline, config, device, threads, work, inputs, request.accuracy_floor)
             candidates.append((runtime.load(prepared, config, ctx), inputs, threads, int(config["batch_size"])))
     rounds: list[list] = [[] for _ in candidates]
     with device_lock(device, exclusive=True):

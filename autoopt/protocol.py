@@ -27,6 +27,7 @@ class TrialRequest:
     latency_limit_ms: float | None = None  # set when early stopping is on (inference)
     screen_throughput: float | None = None  # a short timing below this stops the trial: not a contender
     reference_numerics: dict | None = None  # training: the reference's losses and gradient file
+    accuracy_floor: float | None = None  # inference: the lowest metric within --max-accuracy-drop (int8_layers=auto)
     config: dict = field(default_factory=dict)
     known_numerics: dict | None = None  # accuracy (or training numerics) measured before for the same numerics
     trial: int | None = None

@@ -5,7 +5,10 @@
 - param_importances.csv / param_importances.png: which knobs moved throughput (Optuna's importance
   evaluator), when the study has enough complete trials to tell;
 - optimization_history.png: each trial's throughput, feasible or not, and the best feasible so far;
-- report.md: the reference, the winner, why the runner-up lost, and how noisy the machine was.
+- int8_sensitivity_<runtime>.csv / .png: per int8 path the int8_layers trials used, each layer's
+  sensitivity (output error removed by keeping it in float), most sensitive first;
+- report.md: the reference, the winner, why the runner-up lost, how noisy the machine was, and the int8
+  layer rankings.
 """
 
 from __future__ import annotations
@@ -40,10 +43,46 @@ def write_report(trials: list[TrialRecord], targets: Targets, study, reference: 
         files += [path, plot_importances(importances, workdir)]
     if any(t.state == TrialState.COMPLETE for t in trials):
         files.append(plot_history(trials, workdir))
+    rankings = sensitivity_files(trials, workdir)
+    files += [f for _, paths in rankings for f in paths]
     path = workdir / "report.md"
-    path.write_text(markdown(trials, targets, reference, importances, title))
+    path.write_text(markdown(trials, targets, reference, importances, title) + "".join(text for text, _ in rankings))
     files.append(path)
     return files
+
+
+def sensitivity_files(trials: list[TrialRecord], workdir: Path) -> list[tuple[str, list[Path]]]:
+    """Per int8 layer ranking the trials used (int8_layers): (its report.md section, [csv, png])."""
+    from .sensitivity import load_ranking
+
+    out = []
+    for key in dict.fromkeys(t.metrics.get("int8_ranking") for t in trials if t.metrics.get("int8_ranking")):
+        ranked = load_ranking(key)
+        if ranked is None:  # ranked on another machine of the study: its cache is there
+            continue
+        name = f"int8_sensitivity_{ranked['family']}"
+        table = workdir / f"{name}.csv"
+        with open(table, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["layer", "sensitivity"])
+            writer.writerows((u, f"{ranked['sensitivity'][u]:.6g}") for u in ranked["units"])
+        lines = "".join(f"| {u} | {ranked['sensitivity'][u]:.4g} |\n" for u in ranked["units"])
+        text = (f"\n## Int8 layer sensitivity ({ranked['family']})\n\nOutput error of the all-int8 model: "
+                f"{ranked['error_int8']:.4g} (relative squared error against fp32); each layer's sensitivity is the "
+                f"part of it that keeping that layer in float removes. Most sensitive first:\n\n"
+                f"| layer | sensitivity |\n|---|---|\n{lines}")
+        out.append((text, [table, plot_sensitivity(ranked, workdir / f"{name}.png")]))
+    return out
+
+
+def plot_sensitivity(ranked: dict, path: Path) -> Path:
+    plt = _pyplot()
+    units = ranked["units"][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(units) + 1.5))
+    ax.barh(units, [ranked["sensitivity"][u] for u in units], color="tab:red")
+    ax.set_xlabel("output error removed by keeping the layer in float")
+    ax.set_title(f"Int8 layer sensitivity ({ranked['family']}; all-int8 error {ranked['error_int8']:.3g})")
+    return _save(fig, path)
 
 
 def write_trials_csv(trials: list[TrialRecord], workdir: Path) -> Path:

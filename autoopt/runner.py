@@ -40,6 +40,8 @@ class Runner:
             pipeline=pipe.source, pipeline_pickle=_pickle_if_needed(pipe, self.tmp),
             memory_limit_mb=options.targets.memory_mb,
             latency_limit_ms=options.targets.latency_ms if options.task == "infer" and options.early_stop else None,
+            accuracy_floor=(reference_accuracy - options.targets.max_accuracy_drop
+                            if options.task == "infer" and reference_accuracy is not None else None),
         )
         if options.task == "train":
             from .training import reference_numerics

@@ -176,6 +176,8 @@ class Tracker:
             tags["autoopt.curve"] = record.curve[:5000]
         if record.climb:
             tags["autoopt.climb"] = record.climb
+        if record.metrics.get("float_layers") is not None:  # int8_layers: what int8 left in float
+            tags["autoopt.float_layers"] = record.metrics["float_layers"][:5000] or "(none)"
         if record.metrics.get("latency_unreliable"):
             tags["autoopt.unreliable"] = "latency: the timed calls stayed noisy after a repeat (see latency_cv)"
         partial = bool(record.metrics.get("stopped_early"))

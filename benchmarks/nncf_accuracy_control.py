@@ -23,6 +23,7 @@ from autoopt.candidate import calibration_batches
 from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import openvino as ov_runtime
+from autoopt.runtimes.base import has_attention
 from common import report, time_interleaved
 
 BATCHES = (1, 32)
@@ -35,8 +36,7 @@ def variants(pipeline, max_drops: list[float]) -> list[dict]:
     converted, names, spec = ov_runtime._convert(model, pipeline.make_inputs(2))
     batches = calibration_batches(pipeline)
     calibration = nncf.Dataset(batches, lambda batch: {n: t.numpy() for n, t in zip(names, batch)})
-    ops = {op.get_type_name() for op in converted.get_ops()}
-    preset = nncf.ModelType.TRANSFORMER if all(op in ops for op in ov_runtime.ATTENTION_OPS) else None
+    preset = nncf.ModelType.TRANSFORMER if has_attention(op.get_type_name() for op in converted.get_ops()) else None
     core = ov_runtime._core()
 
     def compiled(ir):

@@ -1,16 +1,17 @@
 """The knob registry. Order matters: model-level `apply` transforms run in this order (pruning,
-then distillation, then quantization, then precision), before the runtime builds `predict`."""
+then distillation, then the choice of int8 layers, then quantization, then precision), before the runtime builds `predict`."""
 
 from __future__ import annotations
 
-from . import (batch_size, checkpointing, compile_mode, distill_steps, graph_fusion, precision, pruning_amount,
-               pruning_method, quant_granularity, quantization, threads)
+from . import (batch_size, checkpointing, compile_mode, distill_steps, graph_fusion, int8_layers, precision,
+               pruning_amount, pruning_method, quant_granularity, quantization, threads)
 from .base import Knob
 
 REGISTRY: dict[str, Knob] = {k.name: k for k in (
     pruning_amount.KNOB,
     pruning_method.KNOB,
     distill_steps.KNOB,
+    int8_layers.KNOB,  # before quantization: it decides which layers quantization leaves in float
     quantization.KNOB,
     quant_granularity.KNOB,
     precision.KNOB,

@@ -18,6 +18,7 @@ import copy
 import torch
 
 from .. import runtimes
+from ..runtimes.base import float_layers
 from ..errors import Unsupported
 from .base import Knob
 
@@ -33,11 +34,14 @@ def _conflict(config: dict, device: str) -> str | None:
     mode = config.get("quantization", "none")
     if mode == "none":
         return None
+    runtime = config.get("compile_mode", "eager")
+    realizes = runtimes.get(runtime).REALIZES
+    if {"quantization", "precision"} <= realizes:
+        return None  # int8 with the rest in bf16 (openvino): the runtime's conflict() says what it cannot do
     if config.get("precision", "fp32") != "fp32":
         # One reason for every int8 mode: the sampler then never proposes another int8 + half pairing.
         return f"int8 quantization starts from the fp32 model; it does not combine with precision={config['precision']}"
-    runtime = config.get("compile_mode", "eager")
-    if "quantization" in runtimes.get(runtime).REALIZES:
+    if "quantization" in realizes:
         return None  # the runtime quantizes its own graph; its conflict() says what it cannot do
     if device == "cuda":
         return f"quantization={mode} on the torch runtimes uses CPU int8 kernels; on CUDA use compile_mode=onnxruntime"
@@ -111,6 +115,8 @@ def _fx_static(model, per_channel: bool, ctx, scope: dict):
 
     torch.backends.quantized.engine = "x86"
     mapping = get_default_qconfig_mapping("x86") if per_channel else QConfigMapping().set_global(default_qconfig)
+    for name in float_layers(ctx):  # int8_layers: these stay float (a module and everything inside it)
+        mapping.set_module_name(name, None)
     batches = ctx.calibration()  # outside the try: a bug in the pipeline's data is the user's error
     try:
         prepared = prepare_fx(copy.deepcopy(model), mapping, ctx.example_inputs)

@@ -83,6 +83,10 @@ class BuildContext:
     pipeline: Any = None  # the Pipeline, for knobs that need more of it (distillation: its teacher and data)
     report: dict = field(default_factory=dict)  # build figures a knob reports (distill_s), logged with the trial
     notes: list = field(default_factory=list)  # what a knob wants the trial's reason to say
+    # int8_layers: {"float_layers": [...]} the layers (module paths) int8 leaves in float, set by the knob or given
+    # (an export ships the trial's own); the quantizers read it
+    int8: dict = field(default_factory=dict)
+    accuracy_floor: float | None = None  # the lowest metric within --max-accuracy-drop (int8_layers=auto)
 
     def check_batches(self) -> list[tuple]:
         """Inputs to check a graph capture on (a trace follows one path through data-dependent branches):
@@ -104,6 +108,27 @@ class Prepared:
 class Built:
     predict: Callable[..., Any]
     sync: Callable[[], None] | None = None  # waits for queued device work (CUDA), for timing
+
+
+def float_layers(ctx: BuildContext) -> tuple[str, ...]:
+    """The layers (module paths, e.g. `rnn`, `encoder.layer.0`) the int8 quantizer must leave in float."""
+    return tuple(ctx.int8.get("float_layers", ()))
+
+
+def in_layers(path: str, layers) -> bool:
+    """Whether the module at `path` is one of `layers` or inside one."""
+    return any(path == layer or path.startswith(layer + ".") for layer in layers)
+
+
+ATTENTION_OPS = ("ScaledDotProductAttention", "Attention", "MultiHeadAttention")  # fused by OpenVINO / ORT
+
+
+def has_attention(op_types) -> bool:
+    """Whether a converted graph (OpenVINO IR or ONNX op types) contains attention: a fused attention op, or
+    the MatMul + Softmax it decomposes into. `openvino.convert_model` fuses a transformers model's attention
+    into one ScaledDotProductAttention (no Softmax left); the dynamo ONNX exporter decomposes it."""
+    ops = set(op_types)
+    return bool(ops & set(ATTENTION_OPS)) or {"MatMul", "Softmax"} <= ops
 
 
 def output_spec(outputs):

@@ -4,7 +4,9 @@ OpenVINO realizes three knobs itself: `precision` is its inference-precision hin
 since OpenVINO's own default on a CPU with bf16 units is bf16; bf16 asks for bf16 and is a conflict on
 a CPU without them), `threads` its INFERENCE_NUM_THREADS, and `quantization` goes through NNCF on the IR
 (static_int8: `nncf.quantize` calibrated on the pipeline's calibration data, with the transformer
-preset where the graph has attention; weight_only_int8: `nncf.compress_weights`). The IR does not
+preset where the graph has attention (a fused ScaledDotProductAttention, as convert_model makes of a
+transformers model, or MatMul + Softmax), int8_layers' float layers in its ignored scope;
+weight_only_int8: `nncf.compress_weights`). With precision=bf16, what int8 leaves runs in bf16. The IR does not
 depend on batch size, threads or the precision hint, so it is cached by the model's fingerprint and
 the quantization. Compiled with a latency hint (one stream), the way a server answering one request
 at a time runs it.
@@ -12,16 +14,19 @@ at a time runs it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, ExportFormat, Prepared, flattened, to_reference_dtypes
+from .base import (BuildContext, Built, ExportFormat, Prepared, flattened, float_layers, has_attention, in_layers,
+                   to_reference_dtypes)
 
 REALIZES = frozenset({"quantization", "quant_granularity", "precision"})
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # the precision knob -> OpenVINO's INFERENCE_PRECISION_HINT
-ATTENTION_OPS = ("MatMul", "Softmax")  # both present: a transformer for NNCF's preset
+MODULE = re.compile(r"__module\.inner\.([^/]+)/")  # the module path in a converted op's name (Flat's `inner`)
 
 
 def _core():
@@ -73,12 +78,44 @@ def _convert(model, example: tuple):
     import torch
 
     flat, names, spec = flattened(model, example)
-    with torch.no_grad():
+    with torch.no_grad(), _fused_names_kept():
         converted = openvino.convert_model(flat, example_input=example)
     for port, name, tensor in zip(converted.inputs, names, example):
         port.get_tensor().set_names({name})
         converted.reshape({port: openvino.PartialShape([-1, *tensor.shape[1:]])})
     return converted, names, spec
+
+
+@contextlib.contextmanager
+def _fused_names_kept():
+    """convert_model folds a BatchNorm into the Convolution before it and names the result after the fold
+    (`Multiply_3148`), then clears the record of the names it fused. Kept, that record still names the
+    convolution's module (`__module.inner.features.0/aten::_convolution/...`): how int8_layers finds a
+    layer in the IR. Nothing else changes in the IR."""
+    from openvino.tools.ovc.moc_frontend import offline_transformations
+
+    cleanup = offline_transformations.apply_fused_names_cleanup
+    offline_transformations.apply_fused_names_cleanup = lambda model: None
+    try:
+        yield
+    finally:
+        offline_transformations.apply_fused_names_cleanup = cleanup
+
+
+def module_paths(op) -> set[str]:
+    """The torch module paths an IR op came from: its own name's and those of the ops fused into it."""
+    names = [op.get_friendly_name()]
+    info = op.get_rt_info()
+    if "fused_names_0" in info:
+        names += str(info["fused_names_0"].astype(str)).split(",")
+    return {m.group(1) for name in names for m in [MODULE.search(name)] if m}
+
+
+def layer_ops(converted, layers) -> list[str]:
+    """The names of the IR ops that belong to `layers` (module paths): NNCF's ignored scope for them."""
+    return [op.get_friendly_name() for op in converted.get_ops()
+            if op.get_type_name() not in ("Constant", "Parameter", "Result")
+            and any(in_layers(path, layers) for path in module_paths(op))]
 
 
 def _quantize(converted, config: dict, names: list[str], ctx: BuildContext):
@@ -87,13 +124,13 @@ def _quantize(converted, config: dict, names: list[str], ctx: BuildContext):
     mode = config["quantization"]
     if mode == "weight_only_int8":
         return nncf.compress_weights(converted)
-    ops = {op.get_type_name() for op in converted.get_ops()}
-    transformer = all(op in ops for op in ATTENTION_OPS)
+    transformer = has_attention(op.get_type_name() for op in converted.get_ops())
     batches = ctx.calibration()
     dataset = nncf.Dataset(batches, lambda batch: {n: t.numpy() for n, t in zip(names, batch)})
+    ignored = nncf.IgnoredScope(names=layer_ops(converted, float_layers(ctx)), validate=False)
     try:  # subset_size counts dataset items (batches here): calibrate on all of them
         return nncf.quantize(converted, dataset, model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                             subset_size=len(batches))
+                             subset_size=len(batches), ignored_scope=ignored)
     except Exception as exc:  # noqa: BLE001 - NNCF errors differ by graph; the trial is pruned with the reason
         raise Unsupported(f"static_int8 on openvino (NNCF) cannot quantize this model: {type(exc).__name__}: {exc}"[:300],
                           {"compile_mode": "openvino", "quantization": mode}) from exc
@@ -107,8 +144,8 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.cpu()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     quant = config.get("quantization", "none")
-    key = model_fingerprint(model, example, quantization=quant, torch=torch.__version__,
-                            openvino=openvino.__version__)
+    key = model_fingerprint(model, example, quantization=quant, float_layers=float_layers(ctx) if quant != "none" else (),
+                            torch=torch.__version__, openvino=openvino.__version__)
 
     def build() -> tuple[str, dict]:
         converted, names, spec = _convert(model, example)
