@@ -179,7 +179,13 @@ def _auto(model, config: dict, ctx) -> tuple[list[str], dict | None]:
 
 
 def apply(model, config: dict, ctx) -> None:
-    """Decide the float layers of `config` into ctx.int8 (unless given: an export ships the trial's), and say so."""
+    """Decide the float layers of `config` into ctx.int8 (unless given: an export ships the trial's), and say so.
+    Called by each int8 quantizer before it reads them (runtimes.base.float_layers); nothing for int8_layers=all."""
+    if config.get("quantization") != "static_int8" or config.get("int8_layers", "all") == "all":
+        return
+    if ctx.int8.get("decided"):  # a second quantizer of the same build (none today) would only repeat the note
+        return
+    ctx.int8["decided"] = True
     if "float_layers" not in ctx.int8:
         chosen, ranked = float_units(model, config, ctx)
         ctx.int8["float_layers"] = chosen

@@ -20,30 +20,32 @@ PAUSE_S = 0.02  # between blocks: thread pools that spin after a run go idle bef
 
 
 def time_interleaved(variants: list[dict], inputs: tuple, rounds: int) -> dict[int, dict]:
-    """variants: {"predict": callable, "threads": torch threads while it runs (None: leave them)}.
+    """variants: {"predict": callable, "threads": torch threads while it runs (None: leave them), "inputs": its own
+    inputs (a variant at its own best batch size; default `inputs`)}.
     Returns {index: {"p50_ms", "p95_ms"}} for the variants that ran; a variant whose warm-up raises
     gets {"error": message} instead."""
     out: dict[int, dict] = {}
     live = []
     for i, v in enumerate(variants):  # warm-up, and the calls per block from the warm call time
         _threads(v)
+        args = v.get("inputs", inputs)
         try:
             for _ in range(3):
-                v["predict"](*inputs)
+                v["predict"](*args)
         except Exception as exc:  # noqa: BLE001 - e.g. a compiled kernel that fails at this shape
             out[i] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
             continue
         start = time.perf_counter()
-        v["predict"](*inputs)
+        v["predict"](*args)
         live.append((i, max(1, int(BLOCK_S / max(time.perf_counter() - start, 1e-6)))))
     calls: dict[int, list[float]] = {i: [] for i, _ in live}
     for _ in range(rounds):
         for i, block in live:
             _threads(variants[i])
-            predict = variants[i]["predict"]
+            predict, args = variants[i]["predict"], variants[i].get("inputs", inputs)
             for _ in range(block):
                 start = time.perf_counter()
-                predict(*inputs)
+                predict(*args)
                 calls[i].append((time.perf_counter() - start) * 1e3)
             time.sleep(PAUSE_S)
     for i, samples in calls.items():

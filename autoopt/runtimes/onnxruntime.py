@@ -15,6 +15,7 @@ import functools
 import os
 import warnings
 
+from .. import sensitivity
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
 from .base import BuildContext, Built, ExportFormat, Prepared, flattened, float_layers, in_layers, to_reference_dtypes
@@ -176,6 +177,7 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.cpu()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     fusion, quant = config.get("graph_fusion", "basic"), config.get("quantization", "none")
+    sensitivity.apply(model, config, ctx)  # int8_layers: which layers stay float
     layers = float_layers(ctx) if quant == "static_int8" else ()
     key = model_fingerprint(model, example, graph_fusion=fusion, quantization=quant, float_layers=layers,
                             quant_granularity=config.get("quant_granularity") if quant != "none" else None,

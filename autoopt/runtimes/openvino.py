@@ -19,6 +19,7 @@ import functools
 import os
 import re
 
+from .. import sensitivity
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
 from .base import (BuildContext, Built, ExportFormat, Prepared, flattened, float_layers, has_attention, in_layers,
@@ -144,6 +145,7 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.cpu()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     quant = config.get("quantization", "none")
+    sensitivity.apply(model, config, ctx)  # int8_layers: which layers stay float
     key = model_fingerprint(model, example, quantization=quant, float_layers=float_layers(ctx) if quant != "none" else (),
                             torch=torch.__version__, openvino=openvino.__version__)
 
