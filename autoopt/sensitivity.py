@@ -85,16 +85,33 @@ def relative_error(predict, expected: list, batches: list) -> float:
 
 
 def _settings(config: dict) -> dict:
-    keep = ("quantization", "quant_granularity", "precision", "graph_fusion")
-    return {"family": family(config), **{k: config.get(k) for k in keep}}
+    """What a ranking depends on besides the model: knobs that change nothing here (graph_fusion off ORT) are
+    at their baseline, so equivalent trials share one ranking."""
+    from . import knobs
+
+    shown = knobs.canonical(config)
+    return {"family": family(config), **{k: shown.get(k) for k in ("quantization", "quant_granularity", "precision",
+                                                                     "graph_fusion")}}
+
+
+def _path(key: str) -> str:
+    return os.path.join(cache_dir("sensitivity"), f"{key}.json")
+
+
+def load_ranking(key: str) -> dict | None:
+    """A cached ranking (or auto decision) by its key; None when it is not in this machine's cache."""
+    if not os.path.exists(_path(key)):
+        return None
+    with open(_path(key)) as f:
+        return json.load(f)
 
 
 def _cached(key: str, compute) -> dict:
-    path = os.path.join(cache_dir("sensitivity"), f"{key}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    value = load_ranking(key)
+    if value is not None:
+        return value
     value = compute()
+    path = _path(key)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1)
@@ -178,32 +195,23 @@ def _auto(model, config: dict, ctx) -> tuple[list[str], dict | None]:
     return units[:decision["count"]], ranked
 
 
-def apply(model, config: dict, ctx) -> None:
-    """Decide the float layers of `config` into ctx.int8 (unless given: an export ships the trial's), and say so.
-    Called by each int8 quantizer before it reads them (runtimes.base.float_layers); nothing for int8_layers=all."""
-    if config.get("quantization") != "static_int8" or config.get("int8_layers", "all") == "all":
-        return
-    if ctx.int8.get("decided"):  # a second quantizer of the same build (none today) would only repeat the note
-        return
-    ctx.int8["decided"] = True
-    if "float_layers" not in ctx.int8:
+def float_layers(model, config: dict, ctx) -> tuple[str, ...]:
+    """The layers (module paths) the int8 quantizer of `config` leaves in float: what int8_layers decides for
+    `model` (kept in ctx.int8, and said in the trial's report and notes), or what ctx.int8 was given (an export
+    ships the trial's own). Each int8 quantizer calls it once per build; () where int8_layers does not apply."""
+    if config.get("quantization") != "static_int8":
+        return ()
+    chosen = ctx.int8.get("float_layers")
+    if config.get("int8_layers", "all") == "all":  # the ranking's own variants are given theirs
+        return tuple(chosen or ())
+    total = None
+    if chosen is None:
         chosen, ranked = float_units(model, config, ctx)
         ctx.int8["float_layers"] = chosen
         if ranked is not None:
-            ctx.int8.update(units=len(ranked["units"]), ranking_key=ranked["key"])
-    chosen = ctx.int8["float_layers"]
+            total = len(ranked["units"])
+            ctx.report["int8_ranking"] = ranked["key"]
     ctx.report.update(float_layers=",".join(chosen), int8_float_layers=len(chosen))
-    if "ranking_key" in ctx.int8:
-        ctx.report["int8_ranking"] = ctx.int8["ranking_key"]
-    total = ctx.int8.get("units")
     kept = f"{len(chosen)} of {total} layers" if total else f"{len(chosen)} layers"
     ctx.notes.append(f"int8_layers={config['int8_layers']}: {kept} kept in float" + (f" ({', '.join(chosen)})" if chosen else ""))
-
-
-def load_ranking(key: str) -> dict | None:
-    """A cached ranking by its key (the report's table and plot)."""
-    path = os.path.join(cache_dir("sensitivity"), f"{key}.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return tuple(chosen)

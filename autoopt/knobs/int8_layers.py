@@ -8,7 +8,7 @@ layers run at the trial's float precision: bf16 on openvino with precision=bf16,
 Realized by each int8 path: NNCF's ignored scope (openvino), ORT's nodes_to_exclude (onnxruntime),
 per-module qconfig None in torch FX (eager, torchscript). The shipped bundle is that mixed model; its
 manifest lists the float layers. The knob transforms nothing itself: each int8 quantizer asks
-autoopt.sensitivity.apply which layers stay float, on the model it is given (after pruning and distillation).
+autoopt.sensitivity.float_layers which layers stay float, on the model it is given (after pruning and distillation).
 """
 
 from __future__ import annotations

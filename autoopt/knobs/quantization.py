@@ -18,7 +18,6 @@ import copy
 import torch
 
 from .. import runtimes, sensitivity
-from ..runtimes.base import float_layers
 from ..errors import Unsupported
 from .base import Knob
 
@@ -115,8 +114,7 @@ def _fx_static(model, config: dict, per_channel: bool, ctx, scope: dict):
 
     torch.backends.quantized.engine = "x86"
     mapping = get_default_qconfig_mapping("x86") if per_channel else QConfigMapping().set_global(default_qconfig)
-    sensitivity.apply(model, {**config, "quantization": "static_int8"}, ctx)  # int8_layers: which layers stay float
-    for name in float_layers(ctx):  # int8_layers: these stay float (a module and everything inside it)
+    for name in sensitivity.float_layers(model, config, ctx):  # int8_layers: a module and everything inside it
         mapping.set_module_name(name, None)
     batches = ctx.calibration()  # outside the try: a bug in the pipeline's data is the user's error
     try:

@@ -83,8 +83,8 @@ class BuildContext:
     pipeline: Any = None  # the Pipeline, for knobs that need more of it (distillation: its teacher and data)
     report: dict = field(default_factory=dict)  # build figures a knob reports (distill_s), logged with the trial
     notes: list = field(default_factory=list)  # what a knob wants the trial's reason to say
-    # int8_layers: {"float_layers": [...]} the layers (module paths) int8 leaves in float, set by the knob or given
-    # (an export ships the trial's own); the quantizers read it
+    # int8_layers: {"float_layers": [...]}, the layers (module paths) int8 leaves in float: given (an export ships
+    # the trial's own) or decided by autoopt.sensitivity.float_layers
     int8: dict = field(default_factory=dict)
     accuracy_floor: float | None = None  # the lowest metric within --max-accuracy-drop (int8_layers=auto)
 
@@ -108,11 +108,6 @@ class Prepared:
 class Built:
     predict: Callable[..., Any]
     sync: Callable[[], None] | None = None  # waits for queued device work (CUDA), for timing
-
-
-def float_layers(ctx: BuildContext) -> tuple[str, ...]:
-    """The layers (module paths, e.g. `rnn`, `encoder.layer.0`) the int8 quantizer must leave in float."""
-    return tuple(ctx.int8.get("float_layers", ()))
 
 
 def in_layers(path: str, layers) -> bool:
@@ -240,7 +235,7 @@ def flattened(model, example_inputs: tuple):
             self.inner = inner
 
         def forward(self, *inputs):
-            return tuple(pytree.tree_leaves(self.inner(*inputs)))
+            return tuple(pytree.tree_leaves(self.inner(*inputs)))  # graphs name the modules `inner.<path>`
 
     with torch.inference_mode():
         spec = output_spec(model(*example_inputs))

@@ -18,7 +18,7 @@ import warnings
 from .. import sensitivity
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, ExportFormat, Prepared, flattened, float_layers, in_layers, to_reference_dtypes
+from .base import BuildContext, Built, ExportFormat, Prepared, flattened, in_layers, to_reference_dtypes
 
 REALIZES = frozenset({"quantization", "quant_granularity", "graph_fusion"})
 TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization",
@@ -125,7 +125,10 @@ def layer_nodes(graph, layers, folded: dict[str, str]) -> list[str]:
     return nodes
 
 
-def _quantize(src: str, dst: str, config: dict, names: list[str], ctx: BuildContext, excluded: list[str] = ()) -> None:
+def _quantize(src: str, dst: str, config: dict, names: list[str], ctx: BuildContext, layers: tuple[str, ...] = (),
+              folded: dict[str, str] | None = None) -> None:
+    """`layers`: int8_layers' float layers (static int8), found in the graph through the exporter's metadata and
+    `folded` (folded_producers)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -135,6 +138,7 @@ def _quantize(src: str, dst: str, config: dict, names: list[str], ctx: BuildCont
     # The exporter records shapes of initializers in value_info; the quantizer transposes Gemm weights
     # and its shape inference then fails on those stale entries. Initializers carry their own shapes.
     graph = onnx.load(src)
+    excluded = layer_nodes(graph, layers, folded or {}) if layers else []
     initializers = {i.name for i in graph.graph.initializer}
     kept = [v for v in graph.graph.value_info if v.name not in initializers]
     del graph.graph.value_info[:]
@@ -177,8 +181,7 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.cpu()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     fusion, quant = config.get("graph_fusion", "basic"), config.get("quantization", "none")
-    sensitivity.apply(model, config, ctx)  # int8_layers: which layers stay float
-    layers = float_layers(ctx) if quant == "static_int8" else ()
+    layers = sensitivity.float_layers(model, config, ctx)
     key = model_fingerprint(model, example, graph_fusion=fusion, quantization=quant, float_layers=layers,
                             quant_granularity=config.get("quant_granularity") if quant != "none" else None,
                             torch=torch.__version__, onnxruntime=onnxruntime.__version__)
@@ -190,10 +193,8 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
             _fuse_transformer(path, fused := os.path.join(ctx.workdir, "fused.onnx"))
             path = fused
         if quant != "none":
-            import onnx
-
-            excluded = layer_nodes(onnx.load(path), layers, folded_producers(model, example)) if layers else []
-            _quantize(path, quantized := os.path.join(ctx.workdir, "quantized.onnx"), config, names, ctx, excluded)
+            folded = folded_producers(model, example) if layers else None
+            _quantize(path, quantized := os.path.join(ctx.workdir, "quantized.onnx"), config, names, ctx, layers, folded)
             path = quantized
         return path, {"input_names": names, "output_spec": pytree.treespec_dumps(spec)}
 

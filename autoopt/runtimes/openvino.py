@@ -22,8 +22,7 @@ import re
 from .. import sensitivity
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import (BuildContext, Built, ExportFormat, Prepared, flattened, float_layers, has_attention, in_layers,
-                   to_reference_dtypes)
+from .base import BuildContext, Built, ExportFormat, Prepared, flattened, has_attention, in_layers, to_reference_dtypes
 
 REALIZES = frozenset({"quantization", "quant_granularity", "precision"})
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # the precision knob -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -119,7 +118,7 @@ def layer_ops(converted, layers) -> list[str]:
             and any(in_layers(path, layers) for path in module_paths(op))]
 
 
-def _quantize(converted, config: dict, names: list[str], ctx: BuildContext):
+def _quantize(converted, config: dict, names: list[str], ctx: BuildContext, layers: tuple[str, ...]):
     import nncf
 
     mode = config["quantization"]
@@ -128,7 +127,7 @@ def _quantize(converted, config: dict, names: list[str], ctx: BuildContext):
     transformer = has_attention(op.get_type_name() for op in converted.get_ops())
     batches = ctx.calibration()
     dataset = nncf.Dataset(batches, lambda batch: {n: t.numpy() for n, t in zip(names, batch)})
-    ignored = nncf.IgnoredScope(names=layer_ops(converted, float_layers(ctx)), validate=False)
+    ignored = nncf.IgnoredScope(names=layer_ops(converted, layers), validate=False)  # int8_layers' float layers
     try:  # subset_size counts dataset items (batches here): calibrate on all of them
         return nncf.quantize(converted, dataset, model_type=nncf.ModelType.TRANSFORMER if transformer else None,
                              subset_size=len(batches), ignored_scope=ignored)
@@ -145,15 +144,15 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.cpu()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     quant = config.get("quantization", "none")
-    sensitivity.apply(model, config, ctx)  # int8_layers: which layers stay float
-    key = model_fingerprint(model, example, quantization=quant, float_layers=float_layers(ctx) if quant != "none" else (),
-                            torch=torch.__version__, openvino=openvino.__version__)
+    layers = sensitivity.float_layers(model, config, ctx)
+    key = model_fingerprint(model, example, quantization=quant, float_layers=layers, torch=torch.__version__,
+                            openvino=openvino.__version__)
 
     def build() -> tuple[str, dict]:
         converted, names, spec = _convert(model, example)
         path = os.path.join(ctx.workdir, "model.xml")
         if quant != "none":
-            converted = _quantize(converted, config, names, ctx)
+            converted = _quantize(converted, config, names, ctx, layers)
         openvino.save_model(converted, path, compress_to_fp16=False)
         return path, {"input_names": names, "output_spec": pytree.treespec_dumps(spec)}
 
