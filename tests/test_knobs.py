@@ -251,9 +251,9 @@ def test_warm_start_entries_that_need_a_cpu_feature_come_first_where_it_exists()
     general = knobs.warm_start_seeds("infer", "cpu")
     amx = knobs.warm_start_seeds("infer", "cpu", ["AMX-BF16", "AMX-INT8"])
     auto = {"quantization": "static_int8", "int8_layers": "auto", "compile_mode": "openvino"}  # int8 where it holds
-    assert amx[:5] == [{"quantization": "static_int8", "compile_mode": "openvino"}, {"precision": "bf16", "compile_mode": "openvino"},
-                       {"precision": "bf16", "compile_mode": "inductor"}, {**auto, "precision": "bf16"}, auto]
-    assert amx[5:] == general
+    assert amx[:4] == [{"quantization": "static_int8", "compile_mode": "openvino"}, {"precision": "bf16", "compile_mode": "openvino"},
+                       {"precision": "bf16", "compile_mode": "inductor"}, {**auto, "precision": "bf16"}]
+    assert amx[4:] == general
     vnni = knobs.warm_start_seeds("infer", "cpu", ["AVX512-VNNI", "AVX512-BF16"])  # bf16 without AMX lost to f32
-    assert vnni == [{"quantization": "static_int8", "compile_mode": "openvino"}, auto, *general]
+    assert vnni == [{"quantization": "static_int8", "compile_mode": "openvino"}, *general]
     assert not any(seed.get("precision") == "bf16" for seed in general)

@@ -112,7 +112,8 @@ def test_a_cpu_with_amx_bf16_tries_bf16_among_the_first_five_and_one_without_doe
     _, _, amx = warm_run(monkeypatch, ["AMX-BF16", "AMX-INT8", "AVX512-VNNI", "AVX512-BF16"])
     assert [(c["precision"], c["quantization"], c["compile_mode"]) for c in amx[1:5]] == [
         ("fp32", "static_int8", "openvino"), ("bf16", "none", "openvino"), ("bf16", "none", "inductor"),
-        ("fp32", "static_int8", "torchscript")]
+        ("bf16", "static_int8", "openvino")]
+    assert amx[4]["int8_layers"] == "auto"  # int8 where it holds, the rest in bf16
     # VNNI and AVX512-BF16 without AMX (bf16 lost to f32 there): int8 first, no bf16
     _, study, vnni = warm_run(monkeypatch, ["AVX512-VNNI", "AVX512-BF16", "AVX-512"])
     assert [(c["quantization"], c["compile_mode"]) for c in vnni[1:5]] == [
