@@ -197,11 +197,15 @@ def _resolve_space(pipe, opts: SearchOptions):
     training, fitted to the model's repeated blocks."""
     from .pipeline import check_training
     from .runtimes import FORMATS
-    from .space import fit_checkpointing, load_space
+    from .padding import find
+    from .space import SPACES_DIR, fit_checkpointing, fit_pipeline, load_space
 
     space = load_space(opts.space, opts.device, opts.task)
     for note in space.notes:
         log.warning(note)
+    fit_pipeline(space, pipe, explicit=Path(space.source).parent != SPACES_DIR)
+    if opts.task == "infer" and (found := find(pipe)) is not None:
+        log.info("Inputs: %s.", found.describe())
     if opts.export is not None:  # the reference stays eager; every sampled trial runs what the format ships
         space.restrict("compile_mode", FORMATS[opts.export])
     if opts.task == "train":

@@ -129,6 +129,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
     from .accuracy import candidate_accuracy
     from .candidate import build_candidate
     from .machine import cpu_info
+    from .padding import annotate_manifest
     from .pipeline import load_pipeline
 
     fmt_spec = export_format(fmt)
@@ -176,6 +177,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             "source": {"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,
                        "mlflow_parent_run_id": meta.get("parent_run_id"), "pipeline": pipe.name},
         }
+        annotate_manifest(manifest, pipe)  # trim_padding: what the model expects of its padded inputs
         (tmp / "autoopt.json").write_text(json.dumps(manifest, indent=2))
         if fmt_spec.check is not None:
             fmt_spec.check(str(model_file))

@@ -22,8 +22,16 @@ EARLY_STOP_MARGIN = 1.5  # a trial whose calls already take this many times the 
 SCREEN_TIME_S = 0.2  # the short timing of a candidate, before the full one (at most a quarter of --min-time)
 
 
-def calibration_batches(pipeline) -> list[tuple]:
-    """The pipeline's calibration_data, or seeded make_inputs batches when it has none."""
+def calibration_batches(pipeline, config: dict | None = None) -> list[tuple]:
+    """The pipeline's calibration_data, or seeded make_inputs batches when it has none; cut as the model cuts
+    them where `config` trims padding (a quantizer calibrated on padded positions would widen its ranges
+    for values the trimmed model never sees)."""
+    from .padding import trimmed_batches
+
+    return trimmed_batches(_calibration_batches(pipeline), pipeline, (config or {}).get("trim_padding", "off"))
+
+
+def _calibration_batches(pipeline) -> list[tuple]:
     import torch
 
     if pipeline.calibration_data is not None:
@@ -55,7 +63,7 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
         device=device, threads=threads, workdir=workdir, example_inputs=pipeline.make_inputs(2),
         batch_inputs=batch_inputs, make_inputs=pipeline.make_inputs, pipeline=pipeline,
         # once per build: quantization and the trace check may both ask (the user's data read once)
-        calibration=functools.cache(lambda: calibration_batches(pipeline)),
+        calibration=functools.cache(lambda: calibration_batches(pipeline, config)),
         accuracy_floor=accuracy_floor, int8={} if float_layers is None else {"float_layers": list(float_layers)},
     )
     started = time.perf_counter()

@@ -30,6 +30,12 @@ class Pipeline:
         model is distilled on (distill_steps; default: make_batch when it has labels, then
         calibration_data, then make_inputs batches).
 
+    padding_mask: the name (forward's argument) or position of the input that masks padding (0/1, zeros at
+        the end of each row), for the trim_padding knob; None: detected in make_inputs and calibration_data
+        batches; False: none.
+    padded_inputs: the inputs that mask pads (names or positions); None: every input with the mask's batch
+        and sequence axes.
+
     For the training task (`autoopt search --task train`):
     make_batch: (batch_size) -> tuple, one training batch: the model's inputs (as make_inputs gives
         them), then the targets.
@@ -50,6 +56,8 @@ class Pipeline:
     loss_fn: Callable[[Any, tuple], Any] | None = None
     blocks: Callable[[Any], list] | None = None
     make_optimizer: Callable[[Any], Any] | None = None
+    padding_mask: str | int | bool | None = None
+    padded_inputs: tuple | list | None = None
     source: str | None = field(default=None, compare=False)  # the file it was loaded from
 
     def __post_init__(self) -> None:
@@ -69,6 +77,16 @@ class Pipeline:
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 raise PipelineError(f"{where}: Pipeline '{attr}' must be a function or None. Got {value!r}.")
+
+        if self.padding_mask is True or not isinstance(self.padding_mask, (str, int, type(None))):
+            raise PipelineError(f"{where}: Pipeline 'padding_mask' must name the mask input (its forward argument name "
+                                f"or position), or be None (detected) or False (none). Got {self.padding_mask!r}.")
+        if self.padded_inputs is not None and (
+                not isinstance(self.padded_inputs, (tuple, list)) or self.padding_mask in (None, False)
+                or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in self.padded_inputs)):
+            raise PipelineError(f"{where}: Pipeline 'padded_inputs' must be a list of input names or positions, given "
+                                f"with padding_mask. Got padded_inputs={self.padded_inputs!r}, "
+                                f"padding_mask={self.padding_mask!r}.")
 
     def reference_model(self):
         return (self.build_reference or self.build_model)()

@@ -161,6 +161,12 @@ def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord
     if ranked:
         winner = ranked[0]
         out += [_line(winner, reference), ""]
+        if "padding_share" in winner.metrics:  # a pipeline with a padding mask (autoopt.padding)
+            m = winner.metrics
+            out += [f"Padding: {m['padding_share']:.0%} of the positions in its timed batches (the pipeline's "
+                    f"make_inputs({winner.config['batch_size']})) were padding; it ran {m['timed_length']:.0f} positions "
+                    f"a row (trim_padding={winner.config.get('trim_padding', 'off')}). Traffic padded differently "
+                    f"gains differently from trimming.", ""]
         out += ["## Why the runner-up lost", ""]
         if len(ranked) > 1:
             second = ranked[1]

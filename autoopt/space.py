@@ -77,7 +77,8 @@ class Space:
     def warm_start(self, device: str, max_batch: float | None = None, features=()) -> list[dict]:
         """The known-good configurations the knobs declare (Knob.warm_start) that this space can express,
         each once, at the middle of batch_sizes(), or the largest one up to `max_batch` when that is smaller
-        (the smallest if none is). `features`: machine.search_features, for the entries that need one."""
+        (the smallest if none is), with each knob's warm_value where the space has it. `features`:
+        machine.search_features, for the entries that need one."""
         sizes = self.batch_sizes()
         batch = sizes[len(sizes) // 2]
         if max_batch is not None and batch > max_batch:
@@ -85,6 +86,11 @@ class Space:
         out: list[dict] = []
         for seed in knobs.warm_start_seeds(self.task, device, features):
             config = {**self.reference_config(), "batch_size": batch, **seed}
+            for name, knob in knobs.REGISTRY.items():
+                if (knob.warm_value is not None and name not in seed and name in self.domains
+                        and self.domains[name].contains(knob.warm_value)
+                        and not knobs.conflict({**config, name: knob.warm_value}, device)):
+                    config[name] = knob.warm_value
             if (all(name in self.domains and self.domains[name].contains(value) for name, value in seed.items())
                     and not knobs.conflict(config, device) and config not in out):
                 out.append(config)
@@ -268,6 +274,20 @@ def _with_baseline(knob: knobs.Knob, domain: Domain, where: str, notes: list[str
         f"The '{knob.name}' entry of {where} must include the reference value {knob.baseline!r}. "
         f"Got {domain.describe()}; widen the range or use a list."
     )
+
+
+def fit_pipeline(space: Space, pipeline, explicit: bool) -> None:
+    """Drop the values of knobs that cannot change this pipeline's model (Knob.requires: trim_padding without
+    a padding mask): with a warning where the user's space file asks for them (`explicit`), quietly from a
+    bundled space, which lists them for the pipelines they fit."""
+    log = logging.getLogger("autoopt")
+    for name, domain in list(space.domains.items()):
+        knob = knobs.REGISTRY[name]
+        values = [v for v in (domain.choices or ()) if v != knob.baseline]
+        if values and (reason := knob.requires(pipeline)):
+            (log.warning if explicit else log.info)("%s=%s dropped from %s: %s.", name, ", ".join(map(str, values)),
+                                                    space.source, reason)
+            space.domains[name] = Domain(name, choices=(knob.baseline,))
 
 
 def fit_checkpointing(space: Space, found: str, n_blocks: int, explicit: bool) -> None:

@@ -1,5 +1,7 @@
 """The shared knob conformance suite runs on every registered knob; knob-specific tests follow."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils import _pytree as pytree
@@ -8,6 +10,7 @@ import autoopt
 from autoopt import knobs, runtimes
 from autoopt.errors import ConfigError, Unsupported
 from autoopt.knobs import REGISTRY
+from autoopt.pipeline import load_pipeline
 from autoopt.space import load_space
 
 KNOB_NAMES = list(REGISTRY)
@@ -34,12 +37,20 @@ def tiny():
     return Tiny().eval()
 
 
-def ctx(tmp_path=None):
-    x = torch.randn(2, 8)
-    pipeline = autoopt.Pipeline("tiny", tiny, lambda b: (torch.randn(b, 8),))  # the teacher of distillation
-    return runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path or "."), example_inputs=(x,),
-                                 batch_inputs=(torch.randn(4, 8),), pipeline=pipeline,
-                                 calibration=lambda: [(torch.randn(16, 8),) for _ in range(4)])
+TINY = autoopt.Pipeline("tiny", tiny, lambda b: (torch.randn(b, 8),))  # the teacher of distillation
+MASKED = load_pipeline(Path(__file__).parent / "pipelines" / "tiny_masked.py")
+
+
+def ctx(tmp_path=None, pipeline=TINY):
+    return runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path or "."),
+                                 example_inputs=pipeline.make_inputs(2), batch_inputs=pipeline.make_inputs(4),
+                                 pipeline=pipeline, calibration=lambda: [pipeline.make_inputs(16) for _ in range(4)])
+
+
+def subject(knob):
+    """The pipeline the suite applies `knob` to: Tiny, or a tiny masked text model for a knob that Tiny cannot
+    use (Knob.requires: trim_padding needs a padding mask)."""
+    return TINY if knob.requires(TINY) is None else MASKED
 
 
 # Numeric knobs whose range ends would take long to apply: a value off the baseline is enough
@@ -80,11 +91,13 @@ def test_every_value_applies_and_keeps_structure_and_finiteness(name, tmp_path):
         assert knob.relevant(config), f"{name}: relevant_in does not make it relevant"
         if knobs.conflict(config, "cpu"):
             continue
-        model = knobs.apply_model_knobs(tiny(), config, ctx(tmp_path))
+        pipeline = subject(knob)
+        model = knobs.apply_model_knobs(pipeline.build_model(), config, ctx(tmp_path, pipeline))
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        inputs = pipeline.make_inputs(4)
         with torch.no_grad():
-            out = model(torch.randn(4, 8, dtype=dtype))
-        assert structure(out) == structure(tiny()(torch.randn(4, 8))), (name, value)
+            out = model(*(t.to(dtype) if t.is_floating_point() else t for t in inputs))
+        assert structure(out) == structure(pipeline.build_model()(*inputs)), (name, value)
         assert all(torch.isfinite(t.float()).all() for t in pytree.tree_leaves(out)), (name, value)
 
 

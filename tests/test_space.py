@@ -70,7 +70,8 @@ def test_baseline_is_added_to_a_list_that_lacks_it(write_file):
      "The 'precision' entry of {f} must contain only values one of [fp32, bf16, fp16]. Got 'int3'."),
     ("quantisation: [none]\n",
      "The 'quantisation' entry of {f} is not a knob. Expected one of [pruning_amount, pruning_method, distill_steps, "
-     "quantization, quant_granularity, precision, batch_size, threads, compile_mode, graph_fusion, checkpointing, int8_layers]."),
+     "quantization, quant_granularity, precision, batch_size, threads, compile_mode, graph_fusion, checkpointing, int8_layers, "
+     "trim_padding]."),
     ("batch_size: []\n",
      "The 'batch_size' entry of {f} must list at least one value, an integer in [1, 65536]. Got []."),
     ("batch_size: [1, 0]\n",

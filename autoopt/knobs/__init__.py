@@ -4,7 +4,7 @@ then distillation, then quantization, then precision), before the runtime builds
 from __future__ import annotations
 
 from . import (batch_size, checkpointing, compile_mode, distill_steps, graph_fusion, int8_layers, precision,
-               pruning_amount, pruning_method, quant_granularity, quantization, threads)
+               pruning_amount, pruning_method, quant_granularity, quantization, threads, trim_padding)
 from .base import Knob
 
 REGISTRY: dict[str, Knob] = {k.name: k for k in (
@@ -20,6 +20,7 @@ REGISTRY: dict[str, Knob] = {k.name: k for k in (
     graph_fusion.KNOB,
     checkpointing.KNOB,
     int8_layers.KNOB,  # no transform of its own: each int8 quantizer asks it which layers stay float
+    trim_padding.KNOB,  # last: wraps the model every other transform produced
 )}
 
 TASKS = ("infer", "train")

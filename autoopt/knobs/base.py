@@ -12,6 +12,8 @@
 - `apply(model, config, ctx)`: the model-level transform, for knobs realized on the nn.Module.
   Knobs realized elsewhere (by the runtime, by the measurement) leave it None; a runtime that
   realizes a knob itself lists it in its REALIZES set and `apply` is skipped for it.
+- `requires(pipeline)`: why this knob cannot change this pipeline's model (trim_padding without a padding
+  mask), or None; its values other than the baseline are dropped from the space with the reason.
 - `parse(value)`: a space file's spelling of a value -> the value (threads: `cores`, `cores/2` -> the
   cores this process may use, halved), so that a bundled space fits the machine it runs on.
 - `tasks`: the tasks that search this knob ("infer", "train"); `train_choices` narrows a categorical
@@ -27,7 +29,9 @@ Facts the search reads from the knob instead of keeping lists of knob names:
   (knobs.fidelity_base), within the tolerance of the knobs after it; the metric check bounds the rest;
 - `warm_start`: (task, device, configuration[, CPU features]) entries of known-good settings led by
   this knob, tried right after the reference of a new study, in registry order; an entry that names CPU
-  features (machine.FEATURES names, any one of them) is tried only on a CPU that has one, and first.
+  features (machine.FEATURES names, any one of them) is tried only on a CPU that has one, and first;
+- `warm_value`: a value every warm-start configuration takes where the space has it and no conflict
+  follows (trim_padding=on: exact, and less work wherever there is padding), or None.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class Knob:
     conflict: Callable[[dict, str], str | None] = _never
     relevant: Callable[[dict], bool] = _always
     relevant_in: dict = field(default_factory=dict, hash=False)
+    requires: Callable[[Any], str | None] = _never
     apply: Callable[[Any, dict, Any], Any] | None = None
     parse: Callable[[Any], Any] = _same
     spellings: str = ""  # what `parse` also accepts, for error messages
@@ -69,6 +74,7 @@ class Knob:
     tolerance: tuple[float, float] | None = None
     retrains: bool = False
     warm_start: tuple[tuple, ...] = ()
+    warm_value: Any = None
 
     @property
     def numeric(self) -> bool:

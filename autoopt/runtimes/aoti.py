@@ -17,8 +17,8 @@ import os
 
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, model_dtype, output_spec, torch_built,
-                   torch_predictor)
+from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, export_shapes, model_dtype, output_spec,
+                   torch_built, torch_predictor)
 
 REALIZES: frozenset = frozenset()
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound
@@ -39,10 +39,8 @@ def conflict(config: dict, device: str) -> str | None:
 def _export(model, inputs: tuple, dynamic: bool):
     import torch
 
-    shapes = None
-    if dynamic:
-        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-        shapes = tuple({0: batch} for _ in inputs)
+    # a trimming model (padding.trimming) takes *inputs, and its padded inputs have a dynamic sequence axis
+    shapes = export_shapes(model, len(inputs), MAX_BATCH, hasattr(model, "sequence_inputs"), batch=dynamic)
     return torch.export.export(model, inputs, dynamic_shapes=shapes)
 
 

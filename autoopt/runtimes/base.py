@@ -210,9 +210,12 @@ def outputs_close(a, b, rtol: float = 1e-3, atol: float = 1e-4) -> bool:
 
 
 def input_names(model, n_inputs: int) -> list[str]:
-    """The forward() argument names (input_ids, attention_mask, ...) when they can be read."""
+    """The forward() argument names (input_ids, attention_mask, ...) when they can be read; a wrapper that
+    takes *inputs (padding.trimming) says its model's."""
     import inspect
 
+    if isinstance(getattr(model, "input_names", None), list):
+        return model.input_names[:n_inputs]
     try:
         params = [
             p.name for p in inspect.signature(model.forward).parameters.values()
@@ -221,6 +224,26 @@ def input_names(model, n_inputs: int) -> list[str]:
     except (TypeError, ValueError):
         params = []
     return params[:n_inputs] if len(params) >= n_inputs else [f"input_{i}" for i in range(n_inputs)]
+
+
+def dynamic_axes(model, n_inputs: int) -> list[dict[int, str]]:
+    """Per input, its dynamic axes: the batch (axis 0) of every input, and the sequence (axis 1) of those a
+    trimming model (padding.trimming) cuts: they may come padded to any length."""
+    sequence = getattr(model, "sequence_inputs", ())
+    return [{0: "batch", **({1: "sequence"} if i in sequence else {})} for i in range(n_inputs)]
+
+
+def export_shapes(model, n_inputs: int, max_batch: int | None = None, varargs: bool = False, batch: bool = True):
+    """torch.export's dynamic_shapes for `dynamic_axes` (without the batch axis unless `batch`): one Dim per
+    axis name, shared by the inputs; for a forward(*inputs) (`varargs`: flattened's module, a trimming model)
+    the tuple is its one argument."""
+    import torch
+
+    dims = {"batch": torch.export.Dim("batch", min=1, max=max_batch) if max_batch else torch.export.Dim("batch"),
+            "sequence": torch.export.Dim("sequence", min=2)}
+    shapes = tuple({axis: dims[name] for axis, name in axes.items() if batch or axis != 0}
+                   for axes in dynamic_axes(model, n_inputs))
+    return (shapes,) if varargs else shapes
 
 
 def flattened(model, example_inputs: tuple):

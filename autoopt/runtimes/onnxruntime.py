@@ -18,7 +18,7 @@ import warnings
 from .. import sensitivity
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, ExportFormat, Prepared, flattened, in_layers, to_reference_dtypes
+from .base import BuildContext, Built, ExportFormat, Prepared, export_shapes, flattened, in_layers, to_reference_dtypes
 
 REALIZES = frozenset({"quantization", "quant_granularity", "graph_fusion"})
 TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization",
@@ -46,11 +46,11 @@ def conflict(config: dict, device: str) -> str | None:
 
 
 def export_onnx(model, example_inputs: tuple, path: str):
-    """Export with a shared dynamic batch axis; returns (input names, output spec)."""
+    """Export with a shared dynamic batch axis (and sequence axis, where a trimming model cuts it); returns
+    (input names, output spec)."""
     import torch
 
     flat, names, spec = flattened(model, example_inputs)
-    batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
         # One shared batch Dim across inputs is what we want; the exporter warns that it merges them.
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
@@ -58,7 +58,7 @@ def export_onnx(model, example_inputs: tuple, path: str):
             flat, example_inputs, path,
             dynamo=True, external_data=False, verbose=False,
             input_names=names, output_names=[f"output_{i}" for i in range(spec.num_leaves)],
-            dynamic_shapes=(tuple({0: batch} for _ in example_inputs),),
+            dynamic_shapes=export_shapes(model, len(example_inputs), varargs=True),
         )
     return names, spec
 

@@ -22,7 +22,8 @@ import re
 from .. import sensitivity
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
-from .base import BuildContext, Built, ExportFormat, Prepared, flattened, has_attention, in_layers, to_reference_dtypes
+from .base import (BuildContext, Built, ExportFormat, Prepared, dynamic_axes, flattened, has_attention, in_layers,
+                   to_reference_dtypes)
 
 REALIZES = frozenset({"quantization", "quant_granularity", "precision"})
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # the precision knob -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -73,16 +74,24 @@ def conflict(config: dict, device: str) -> str | None:
 
 
 def _convert(model, example: tuple):
-    """The model as OpenVINO IR with named inputs and a dynamic batch axis; (input names, output spec)."""
+    """The model as OpenVINO IR with named inputs and a dynamic batch axis (and sequence axis, where a
+    trimming model cuts it); (input names, output spec)."""
     import openvino
     import torch
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
     flat, names, spec = flattened(model, example)
     with torch.no_grad(), _fused_names_kept():
-        converted = openvino.convert_model(flat, example_input=example)
-    for port, name, tensor in zip(converted.inputs, names, example):
+        if hasattr(model, "sequence_inputs"):
+            # convert_model's trace checks that tracing twice gives the same graph, which a data-dependent slice
+            # bound (a trimming model's kept length) fails although both traces compute the same thing
+            flat = TorchScriptPythonDecoder(flat, example_input=example, trace_kwargs={"check_trace": False})
+            converted = openvino.convert_model(flat)
+        else:
+            converted = openvino.convert_model(flat, example_input=example)
+    for port, name, tensor, axes in zip(converted.inputs, names, example, dynamic_axes(model, len(example))):
         port.get_tensor().set_names({name})
-        converted.reshape({port: openvino.PartialShape([-1, *tensor.shape[1:]])})
+        converted.reshape({port: openvino.PartialShape([-1 if i in axes else n for i, n in enumerate(tensor.shape)])})
     return converted, names, spec
 
 
