@@ -28,7 +28,7 @@ class PaddingMask:
     names: tuple[str, ...]  # every input's name (forward's arguments)
     how: str  # "declared" or "detected"
     padding_share: float  # the share of padded positions in the batches looked at
-    refused: str | None = None  # why trimming cannot keep this model's outputs (an output has the sequence axis)
+    refused: str | None = None  # why trimming would not keep this model's outputs (_changed_outputs)
 
     def describe(self) -> str:
         trimmed = ", ".join(self.names[i] for i in self.padded)
@@ -159,22 +159,36 @@ def _find(pipeline) -> PaddingMask | None:
     padded = _padded(pipeline, batches, mask, names, where)
     total = sum(b[mask].numel() for b in batches)
     share_ = 1.0 - sum(float(b[mask].sum()) for b in batches) / max(total, 1)
-    return PaddingMask(mask, padded, names, how, share_, _sequence_outputs(model, batches, mask, padded, names))
+    return PaddingMask(mask, padded, names, how, share_, _changed_outputs(model, batches, mask, padded, names))
 
 
-def _sequence_outputs(model, batches: list[tuple], mask: int, padded: tuple[int, ...], names) -> str | None:
-    """Why trimming would change the outputs' shapes (an output per position), or None."""
+def _changed_outputs(model, batches: list[tuple], mask: int, padded: tuple[int, ...], names) -> str | None:
+    """Why trimming would not keep the model's outputs (an output per position; a model that does not mask its
+    padding; one that fails on fewer positions), or None: checked on the batch with the most padding to cut."""
     import torch
     from torch.utils import _pytree as pytree
 
+    from .knobs import EXACT
+
     batch = max(batches, key=lambda b: b[mask].shape[1] - trimmed_length(b[mask]))
     cut = trim(batch, PaddingMask(mask, padded, names, "", 0.0))
-    with torch.inference_mode():
-        full, short = (pytree.tree_leaves(model.eval()(*b)) for b in (batch, cut))
+    try:
+        with torch.inference_mode():
+            full, short = (pytree.tree_leaves(model.eval()(*b)) for b in (batch, cut))
+    except Exception as exc:  # noqa: BLE001 - e.g. a model built for one sequence length
+        return f"the model fails on a batch cut to its longest real row: {type(exc).__name__}: {exc}"[:300]
     for i, (a, b) in enumerate(zip(full, short)):
-        if isinstance(a, torch.Tensor) and a.shape != b.shape:
+        if not isinstance(a, torch.Tensor):
+            continue
+        if a.shape != b.shape:
             return (f"output {i} has the sequence axis (shape {tuple(a.shape)} padded, {tuple(b.shape)} trimmed): its "
                     f"padded positions cannot be returned as the model computes them")
+        a, b = a.double().flatten(), b.double().flatten()
+        error = float((a - b).abs().max()) / max(1.0, float(a.abs().max()))
+        cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a.norm() and b.norm() else 1.0
+        if error > EXACT[1] or cosine < EXACT[0]:
+            return (f"output {i} changes when the padding is cut (relative error {error:.3g}): the model does not mask "
+                    f"its padding, so trimming would change what it computes")
     return None
 
 

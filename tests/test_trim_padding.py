@@ -170,6 +170,22 @@ def test_trimmed_outputs_equal_the_padded_ones_on_every_runtime(mode, tmp_path):
                                        rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode, overrides", [
+    ("openvino", {"quantization": "static_int8"}), ("onnxruntime", {"quantization": "dynamic_int8"}),
+    ("torchscript", {"quantization": "dynamic_int8"}), ("openvino", {"precision": "bf16"})])
+def test_trimming_works_with_quantization_and_precision(mode, overrides, tmp_path):
+    available(mode)
+    if knobs.conflict({**knobs.reference_config(), "compile_mode": mode, **overrides}, "cpu"):
+        pytest.skip("not on this CPU")  # bf16 on a CPU without bf16 units
+    from autoopt.accuracy import cosine_fidelity
+
+    inputs = MASKED.make_inputs(16, 40)
+    expected = MASKED.build_model()(*inputs)
+    config = {**knobs.reference_config(), "compile_mode": mode, "trim_padding": "on", "batch_size": 4, **overrides}
+    runtime, prepared, ctx, _ = build_candidate(variant(), config, "cpu", 1, str(tmp_path), MASKED.make_inputs(4))
+    assert cosine_fidelity(runtime.load(prepared, config, ctx).predict(*inputs), expected) > 0.99
+
+
 def tiny_bert_encoder():
     """A transformers BERT (built offline) with masked mean pooling: the graphs the real converters make."""
     transformers = pytest.importorskip("transformers")
@@ -220,8 +236,14 @@ class Unmasked(nn.Module):
 def test_a_bundle_reloaded_in_a_fresh_process_trims_by_itself(fmt, tmp_path):
     mode = runtimes.FORMATS[fmt]
     available(mode)
-    pipe = variant(build_model=lambda: Unmasked().eval(), padding_mask="attention_mask", calibration_data=None)
-    _, prepared, _, config = built(pipe, mode, "on", tmp_path / "build")
+    pipe = variant(build_model=lambda: Unmasked().eval(), calibration_data=None)
+    assert "changes when the padding is cut" in knobs.REGISTRY["trim_padding"].requires(pipe)  # never searched
+    # built as a trimming model all the same: its outputs show whether the shipped graph cut the padding
+    config = {**knobs.reference_config(), "compile_mode": mode, "threads": 1}
+    (tmp_path / "build").mkdir()
+    ctx = runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path / "build"),
+                                example_inputs=pipe.make_inputs(2), batch_inputs=pipe.make_inputs(4))
+    prepared = runtimes.get(mode).prepare(padding.trimming(Unmasked().eval(), padding.find(MASKED)), config, ctx)
     manifest = bundle.model_manifest(fmt, config, prepared, pipe.build_model(), pipe.make_inputs(2))
     out = tmp_path / "bundle"
     out.mkdir()
@@ -258,3 +280,17 @@ def test_a_search_ships_a_trimming_bundle_that_verifies(tmp_path, write_file):
     ids, mask = MASKED.make_inputs(5, 40)  # padded longer than the search's batches
     torch.testing.assert_close(autoopt.load(tmp_path / "bundle")(ids, mask)["logits"],
                                MASKED.build_model()(ids, mask)["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_the_search_says_which_mask_it_found_in_its_first_lines(tmp_path, monkeypatch, caplog):
+    from typer.testing import CliRunner
+
+    from autoopt.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, "autoopt"):
+        result = CliRunner().invoke(app, ["search", MASKED_FILE, "--dry-run"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Inputs: padding mask attention_mask (detected; zeros a suffix of every row): trim_padding cuts input_ids, " \
+           "attention_mask to the longest real row" in caplog.text
+    assert "│ trim_padding │ [off, on, bucketed]" in " ".join(result.output.split())
