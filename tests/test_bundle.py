@@ -241,3 +241,41 @@ def test_onnxruntime_without_its_cuda_provider_is_not_labelled_cuda(tmp_path):
     export_onnx(torch.nn.Linear(4, 2).eval(), (torch.randn(2, 4),), path)
     with pytest.raises(Unsupported, match="the CUDA execution provider is not active"):
         session(path, 1, "cuda")
+
+
+def test_an_approximate_export_is_verified_against_the_trial_s_own_model(tmp_path):
+    """int8 or pruning may take a model further from the original than any fixed cosine while its metric holds:
+    its file is held to what the trial's model computes, its distance to the original recorded."""
+    import copy
+    import os
+    import shutil
+
+    from autoopt import bundle as bundle_module
+    from autoopt import knobs, runtimes
+    from autoopt.errors import ExportError
+    from autoopt.pipeline import load_pipeline
+    from conftest import TINY_DICT
+
+    pipe = load_pipeline(TINY_DICT)
+    ctx = runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path), example_inputs=pipe.make_inputs(2),
+                                batch_inputs=pipe.make_inputs(4))
+    prepared = runtimes.get("onnxruntime").prepare(pipe.build_model(), knobs.reference_config(), ctx)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    shutil.copyfile(prepared.artifact, out / "model.onnx")
+    far = copy.deepcopy(pipe.build_model())  # stands for the original, far from what the file computes
+    with torch.no_grad():
+        for p in far.parameters():
+            p.add_(torch.randn_like(p) * 3)
+    for overrides, passes in (({"quantization": "dynamic_int8"}, True), ({}, False)):
+        config = {**knobs.reference_config(), "compile_mode": "onnxruntime", "threads": 1, **overrides}
+        manifest = bundle_module.model_manifest("onnx", config, prepared, pipe.build_model(), pipe.make_inputs(2))
+        (out / "autoopt.json").write_text(json.dumps(manifest))
+        if not passes:
+            with pytest.raises(ExportError, match=r"differs from the original model: max abs error .* \(needs cosine"):
+                bundle_module._verify(out, manifest, pipe, far, 3, pipe.build_model())
+            continue
+        v = bundle_module._verify(out, manifest, pipe, far, 3, pipe.build_model())
+        assert v["compared_with"] == "the trial's model, built in this process" and v["min_cosine"] > 0.9999
+        assert v["min_cosine_to_original"] < 0.95
+    assert sorted(os.listdir(out)) == ["autoopt.json", "model.onnx"]
