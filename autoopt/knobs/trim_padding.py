@@ -9,7 +9,7 @@ Only for a pipeline with a padding mask (declared with Pipeline(padding_mask=...
 autoopt.padding); dropped from the space otherwise. The cut is a module around the model, so every graph
 runtime captures it: the exported ONNX / OpenVINO / TorchScript / AOTInductor file computes the kept length
 from the mask itself, with a dynamic sequence axis. torch.compile (the inductor modes) would compile once per
-kept length: a conflict there (inductor_aot captures it with a dynamic axis). The timed batches are the
+kept length, and AOTInductor fails to lower attention over the data-dependent length: conflicts there. The timed batches are the
 pipeline's make_inputs, padded as the user's batches are: the trial reports the share of padding in them.
 """
 
@@ -21,6 +21,7 @@ from .base import Knob
 
 CHOICES = ("off", "on", "bucketed")
 RECOMPILES = ("inductor", "inductor_max_autotune", "inductor_reduce_overhead")
+CANNOT_COMPILE = ("inductor_aot",)
 
 
 def _requires(pipeline) -> str | None:
@@ -34,7 +35,12 @@ def _requires(pipeline) -> str | None:
 def _conflict(config: dict, device: str) -> str | None:
     if config.get("trim_padding", "off") != "off" and config.get("compile_mode") in RECOMPILES:
         return (f"trim_padding on {config['compile_mode']}: torch.compile would compile once per kept length; "
-                f"inductor_aot, onnxruntime, openvino and torchscript capture the cut with a dynamic sequence axis")
+                f"onnxruntime, openvino and torchscript capture the cut with a dynamic sequence axis")
+    if config.get("trim_padding", "off") != "off" and config.get("compile_mode") in CANNOT_COMPILE:
+        # torch.export captures the cut, but AOTInductor (torch 2.13) fails to lower attention over the
+        # data-dependent length: "Could not guard on data-dependent expression"
+        return (f"trim_padding on {config['compile_mode']}: AOTInductor cannot compile attention over a data-dependent "
+                f"length here; onnxruntime, openvino and torchscript capture the cut with a dynamic sequence axis")
     return None
 
 
