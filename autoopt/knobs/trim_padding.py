@@ -20,8 +20,14 @@ from ..errors import Unsupported
 from .base import Knob
 
 CHOICES = ("off", "on", "bucketed")
-RECOMPILES = ("inductor", "inductor_max_autotune", "inductor_reduce_overhead")
-CANNOT_COMPILE = ("inductor_aot",)
+# the runtimes that cannot run a trimming model, and why
+CONFLICTS = {
+    **dict.fromkeys(("inductor", "inductor_max_autotune", "inductor_reduce_overhead"),
+                    "torch.compile would compile once per kept length"),
+    # torch.export captures the cut, but AOTInductor (torch 2.13) fails to lower attention over the data-dependent
+    # length: "Could not guard on data-dependent expression"
+    "inductor_aot": "AOTInductor cannot compile attention over a data-dependent length here",
+}
 
 
 def _requires(pipeline) -> str | None:
@@ -33,14 +39,10 @@ def _requires(pipeline) -> str | None:
 
 
 def _conflict(config: dict, device: str) -> str | None:
-    if config.get("trim_padding", "off") != "off" and config.get("compile_mode") in RECOMPILES:
-        return (f"trim_padding on {config['compile_mode']}: torch.compile would compile once per kept length; "
-                f"onnxruntime, openvino and torchscript capture the cut with a dynamic sequence axis")
-    if config.get("trim_padding", "off") != "off" and config.get("compile_mode") in CANNOT_COMPILE:
-        # torch.export captures the cut, but AOTInductor (torch 2.13) fails to lower attention over the
-        # data-dependent length: "Could not guard on data-dependent expression"
-        return (f"trim_padding on {config['compile_mode']}: AOTInductor cannot compile attention over a data-dependent "
-                f"length here; onnxruntime, openvino and torchscript capture the cut with a dynamic sequence axis")
+    mode = config.get("compile_mode")
+    if config.get("trim_padding", "off") != "off" and mode in CONFLICTS:
+        return (f"trim_padding on {mode}: {CONFLICTS[mode]}; onnxruntime, openvino and torchscript capture the cut "
+                f"with a dynamic sequence axis")
     return None
 
 
