@@ -118,14 +118,18 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
 
     pipeline, opts = _options(pipeline, config, options, keywords)
     pipe = load_pipeline(pipeline)
+    name = opts.study or f"{pipe.name}{'-train' if opts.task == 'train' else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if opts.export is not None:  # the bundle is written at the end: find out now that it can be
+        from .bundle import check_out
+
+        check_out(_bundle_dir(opts, name))
+    uri, store = resolve_store(opts.tracking_uri)
+    check_reachable(uri)
+    storage = open_storage(opts.storage, store)
     log.info("Checking pipeline %s (the first use may train or download its model)…", pipe.name)
     check_pipeline(pipe)
     space = _resolve_space(pipe, opts)
     ref_accuracy = None if opts.task == "train" else reference_accuracy(pipe)  # training: a loss trajectory
-    uri, store = resolve_store(opts.tracking_uri)
-    check_reachable(uri)
-    name = opts.study or f"{pipe.name}{'-train' if opts.task == 'train' else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = open_storage(opts.storage, store)
     study = open_study(name, storage, opts.seed, space, opts.device, opts.sampler,
                        opts.targets.latency_ms if opts.task == "infer" else None)
     check_resume(study, search_signature(space, opts.targets, opts.task, opts.device), space.source)
@@ -233,6 +237,11 @@ def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) 
     }
 
 
+def _bundle_dir(opts: SearchOptions, study_name: str) -> Path:
+    """Where `--export` writes the winner's bundle: --out, else exports/<study>."""
+    return Path(opts.out) if opts.out else Path("exports") / study_name
+
+
 def _export_winner(result: SearchResult, opts: SearchOptions, pipe) -> None:
     """Export the best exportable trial of a finished search into `result.exported`; None (with a
     warning) when none met the targets."""
@@ -243,7 +252,7 @@ def _export_winner(result: SearchResult, opts: SearchOptions, pipe) -> None:
     except ConfigError as exc:  # nothing exportable met the targets: reported like no feasible trial
         log.warning("Nothing exported: %s", exc)
         return
-    out = opts.out or Path("exports") / result.study_name
+    out = _bundle_dir(opts, result.study_name)
     try:
         result.exported = _export_and_log(result.study, chosen, opts.export, out, opts.register, pipe)
     except KeyboardInterrupt:  # the search is complete and stored; only the bundle is missing

@@ -139,9 +139,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
         raise ConfigError(f"Trial {trial.number} of study {study.study_name} ran on host {meta['host']}, whose pipeline "
                           f"file {meta['pipeline']} is not on this machine. Export it there, or pass pipeline=.")
     pipe = pipeline or load_pipeline(meta.get("pipeline"))
-    out = Path(out).resolve()
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{option('out')} {out} exists and is not empty. Choose a new directory or empty it.")
+    out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -203,6 +201,32 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             raise ExportError(f"export of trial {trial.number} failed: {type(exc).__name__}: {exc}"[:500]) from exc
         raise
     return ExportResult(out, manifest)
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """The bundle directory `out`, resolved, once it is known that a bundle can be written there: absent or empty,
+    and a directory can be made in it or its nearest existing parent (tried, then undone: permission bits do not
+    tell for root, /proc or a read-only mount). A ConfigError otherwise, before any work."""
+    out = Path(out).expanduser().resolve()
+    where = f"{option('out')} {out}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{where} is a file. Expected a directory for the bundle: give a new path.")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{where} exists and is not empty. Choose a new directory or empty it.")
+    made = []
+    try:
+        for folder in [*reversed(out.parents), out]:
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        tempfile.TemporaryDirectory(dir=out).cleanup()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot write there ({exc.strerror or type(exc).__name__}"
+                          f"{f' at {exc.filename}' if exc.filename else ''}). Give a writable directory.") from None
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
+    return out
 
 
 def _write_example_inputs(bundle: Path, pipe) -> None:

@@ -15,7 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, ExportError
 
 EXAMPLE_INPUTS = "example_inputs.npz"  # a few rows of the pipeline's make_inputs, in input order
 
@@ -53,7 +53,11 @@ def retime(path, batch: int | None = None, processes: int = 3) -> dict:
         np.savez(work / f"inputs_{batch}.npz", *tiled(example, batch))
         env = {**os.environ, **manifest["runtime"].get("environment", {})}
         fmt = export_format(manifest["format"])
-        reports = [run_verifier(work, bundle, fmt, [], batch, env) for _ in range(processes)]
+        try:
+            reports = [run_verifier(work, bundle, fmt, [], batch, env) for _ in range(processes)]
+        except ExportError as exc:  # the manifest read fine: the model file itself is damaged or foreign
+            raise ConfigError(f"Bundle {path}: its model file {bundle / manifest['model_file']} does not load or run "
+                              f"in a fresh process ({str(exc).partition(': ')[2]}). Export the trial again with `autoopt export`.") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     p50 = statistics.median(r["latency_ms_p50"] for r in reports)

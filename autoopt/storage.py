@@ -4,6 +4,7 @@ machines share), and finding a study again by name."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
 import time
@@ -33,12 +34,35 @@ def open_storage(storage: str | None, store: Path | None):
                                       f"{str(exc).splitlines()[0]}).") from exc
                 time.sleep(0.5 + random.random())
     path = Path(storage) if storage else (store or Path("mlruns").resolve()) / "optuna.journal"
+    _check_journal(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     except OSError as exc:
         raise ConfigError(f"{option('storage', str(path))}: cannot write a journal file there ({exc.strerror or exc}). "
                           "Give a writable path or an RDB URL (sqlite:///..., postgresql://...).") from exc
+
+
+def _check_journal(path: Path) -> None:
+    """An existing journal file must be Optuna's (its first line a journal operation): Optuna itself fails on a
+    foreign one only when it first writes, deep in a search, with a JSONDecodeError or a KeyError."""
+    where = option("storage", str(path))
+    if path.is_dir():
+        raise ConfigError(f"{where} is a directory. Expected a journal file (new, or one a search wrote) or an RDB "
+                          "URL (sqlite:///..., postgresql://...).")
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new journal
+    try:
+        with path.open("rb") as f:
+            first = json.loads(f.readline())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc}). Fix its permissions, or give "
+                          "another path.") from None
+    except ValueError:  # not JSON, not UTF-8
+        first = None
+    if not isinstance(first, dict) or "op_code" not in first:
+        raise ConfigError(f"{where} is not an Optuna journal (its first line is not a journal operation). Give a new "
+                          "file name, the journal a search wrote, or an RDB URL (sqlite:///...).")
 
 
 def _postgres_driver_installed() -> bool:

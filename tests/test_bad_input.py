@@ -54,6 +54,16 @@ SPACES = {
     "bad_range.yaml": "batch_size: {low: 8, high: 2}\n",
     "threads.yaml": "threads: [1, all]\n",
 }
+MANIFEST = ('{"format": "onnx", "model_file": "model.onnx", "config": {"batch_size": 4}, "inputs": [{"name": "x"}], '
+            '"outputs": {}, "runtime": {}}')
+FILES = {  # storage files and bundles a user may point at by mistake
+    "not_journal.journal": "hello world\n",
+    "foreign.journal": '{"a": 1}\n',
+    "empty.journal": "",
+    "notes/autoopt.json": "{not json",
+    "odd/autoopt.json": '{"format": "onnx"}',
+    "modelless/autoopt.json": MANIFEST,
+}
 S = ["search", TINY_MLP]
 CASES = [
     (S + ["--trials", "0"], "Invalid value for '--trials'"),
@@ -88,6 +98,17 @@ CASES = [
     (["export", "--study", "nope", "--format", "tflite"], "must be one of [aoti, onnx, openvino, torchscript]. Got 'tflite'."),
     (["trials", "--study", "nope"], "No study named 'nope'"),
     (["search", "{tmp}/missing.py"], "missing.py: pipeline file not found."),
+    (S + ["--export", "onnx", "--out", "/proc/forbidden/out"], "--out /proc/forbidden/out: cannot write there"),
+    (S + ["--export", "onnx", "--out", "{tmp}/syntax.py"], "--out {tmp}/syntax.py is a file."),
+    (S + ["--export", "onnx", "--out", "{tmp}"], "--out {tmp} exists and is not empty."),
+    (S + ["--storage", "{tmp}/not_journal.journal"], "not_journal.journal is not an Optuna journal"),
+    (S + ["--storage", "{tmp}/foreign.journal"], "foreign.journal is not an Optuna journal"),
+    (S + ["--storage", "{tmp}/notes"], "--storage {tmp}/notes is a directory."),
+    (["export", "--storage", "{tmp}/empty.journal"], "No study in this storage yet (--storage {tmp}/empty.journal)"),
+    (["trials", "--storage", "{tmp}/not_journal.journal"], "not_journal.journal is not an Optuna journal"),
+    (["bench", "{tmp}/notes"], "notes/autoopt.json is not autoopt's manifest (not JSON: "),
+    (["bench", "{tmp}/odd"], "odd/autoopt.json lacks model_file, config, inputs, outputs, runtime"),
+    (["bench", "{tmp}/modelless"], "the bundle's model file {tmp}/modelless/model.onnx is missing"),
 ] + [(["search", "{tmp}/" + name], message) for name, message in [
     ("syntax.py", "syntax.py: failed to import: SyntaxError"),
     ("no_pipeline.py", "no_pipeline.py: defines no PIPELINE."),
@@ -138,7 +159,8 @@ def _nothing_left(tmp_path) -> None:
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a[1:] if a[0] == "search" else a)[-60:] for a, _ in CASES])
 def test_malformed_input_is_one_line_exit_2_and_leaves_nothing(argv, message, tmp_path, monkeypatch, capsys):
-    for name, text in {**PIPELINES, **SPACES}.items():
+    for name, text in {**PIPELINES, **SPACES, **FILES}.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
     code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
@@ -167,3 +189,18 @@ def test_malformed_api_arguments_raise_one_config_error(call, message, tmp_path,
         call()
     assert message in str(info.value) and "\n" not in str(info.value)
     _nothing_left(tmp_path)
+
+
+def test_bench_of_a_bundle_whose_model_file_is_damaged_is_one_error(tmp_path, capsys):
+    import numpy as np
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "autoopt.json").write_text(MANIFEST)
+    (bundle / "model.onnx").write_bytes(b"not a model")
+    np.savez(bundle / "example_inputs.npz", np.zeros((8, 16), dtype=np.float32))
+    code = main(["bench", str(bundle), "--processes", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"its model file {bundle}/model.onnx does not load or run in a fresh process (" in err
+    assert "Export the trial again with `autoopt export`." in err
