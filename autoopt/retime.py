@@ -57,7 +57,8 @@ def retime(path, batch: int | None = None, processes: int = 3) -> dict:
             reports = [run_verifier(work, bundle, fmt, [], batch, env) for _ in range(processes)]
         except ExportError as exc:  # the manifest read fine: the model file itself is damaged or foreign
             raise ConfigError(f"Bundle {path}: its model file {bundle / manifest['model_file']} does not load or run "
-                              f"in a fresh process ({str(exc).partition(': ')[2]}). Export the trial again with `autoopt export`.") from None
+                              f"in a fresh process ({str(exc).partition(': ')[2]}). Export the trial again with "
+                              "`autoopt export`.") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     p50 = statistics.median(r["latency_ms_p50"] for r in reports)
