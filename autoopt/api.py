@@ -54,6 +54,13 @@ class SearchResult:
         ranked = ranked_feasible(self.trials)
         return ranked[0] if ranked else None
 
+    @property
+    def tie(self):
+        """results.Tie when the best trial won a tie within the noise (else None)."""
+        from .results import winning_tie
+
+        return winning_tie(self.trials)
+
     def top(self, k: int = 5) -> list[TrialRecord]:
         return ranked_feasible(self.trials)[:k]
 
@@ -78,6 +85,7 @@ class SearchResult:
                 "tracking_uri": self.tracking_uri, "mlflow_parent_run_id": self.parent_run_id,
                 "interrupted": self.interrupted or self.export_interrupted,
                 "best": best.to_dict() if best else None, "speedup": self.speedup(best) if best else None,
+                "tie": self.tie.describe() if best and self.tie else None,
                 "reference": reference.to_dict() if reference else None,
                 "closest": closest.to_dict() if closest else None,
                 "exported": {"path": str(exported.path), "manifest": exported.manifest} if exported else None,
@@ -192,7 +200,8 @@ def plan(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str | 
         domains={name: domain.describe() for name, domain in space.domains.items()}, notes=list(space.notes),
         distinct_configurations=distinct, counted_as_independent=independent, warm_start=warm, trials=opts.trials,
         timeout_s=opts.timeout_s, jobs=opts.jobs, patience=opts.patience,
-        targets={"latency_ms": t.latency_ms, "memory_mb": t.memory_mb, "max_accuracy_drop": t.max_accuracy_drop},
+        targets={"latency_ms": t.latency_ms, "memory_mb": t.memory_mb, "memory_basis": t.memory_basis,
+                 "memory_label": t.memory_label, "max_accuracy_drop": t.max_accuracy_drop},
     )
 
 
@@ -228,6 +237,7 @@ def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) 
         "space": space.source, "device": opts.device, "seed": opts.seed, "sampler": opts.sampler,
         "warm_start": opts.warm_start, "early_stop": opts.early_stop, "patience": opts.patience,
         "target_latency_ms": opts.targets.latency_ms, "target_memory_mb": opts.targets.memory_mb,
+        "memory_basis": opts.targets.memory_basis,
         "max_accuracy_drop": opts.targets.max_accuracy_drop, "reference_accuracy": ref_accuracy,
         "cpu_model": cpu["model"], "cpu_cores": cpu["cores"], "cpu_features": " ".join(cpu["features"]) or "none",
         "cpu_bf16_matmul_speedup": round(bf16_matmul_speedup(), 2) if opts.device == "cpu" else None,

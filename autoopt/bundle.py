@@ -151,12 +151,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             pipe, config, "cpu", int(config["threads"]), str(tmp), pipe.make_inputs(batch),
             float_layers=None if shipped_float is None else [u for u in shipped_float.split(",") if u])
         model_file = tmp / fmt_spec.model_file
-        shipped = {model_file, *(tmp / c for c in fmt_spec.companions)}
-        artifact = Path(prepared.artifact).resolve()
-        for target in shipped:
-            source = artifact if target == model_file else artifact.parent / target.name
-            if source != target:
-                shutil.copyfile(source, target)
+        shipped = place_files(fmt_spec, prepared.artifact, tmp)
         reference = pipe.build_model().eval()  # the export transforms build_model; build_reference only scores
         compared = _fidelity_model(pipe, config, ctx, reference)
         for extra in tmp.iterdir():  # intermediate files of the build
@@ -201,6 +196,19 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             raise ExportError(f"export of trial {trial.number} failed: {type(exc).__name__}: {exc}"[:500]) from exc
         raise
     return ExportResult(out, manifest)
+
+
+def place_files(spec, artifact: str, folder: Path) -> set[Path]:
+    """The runtime's artifact (and the companions beside it) copied into `folder` under the names a bundle of
+    format `spec` gives them; returns their paths there."""
+    artifact_path = Path(artifact).resolve()
+    model_file = folder / spec.model_file
+    shipped = {model_file, *(folder / c for c in spec.companions)}
+    for target in shipped:
+        source = artifact_path if target == model_file else artifact_path.parent / target.name
+        if source != target:
+            shutil.copyfile(source, target)
+    return shipped
 
 
 def check_out(out: str | os.PathLike) -> Path:
@@ -316,7 +324,7 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int, measured=
                               f"{gate['max_abs_error']:.3g}, cosine {gate['min_cosine']:.6f} (needs cosine >= {min_cos})")
         return {"batches": batches, **{k: v for k, v in gate.items() if k not in ("worst", "max_relative_error")},
                 "fresh_process_latency_ms_p50": report["latency_ms_p50"],
-                "fresh_process_latency_ms_p95": report["latency_ms_p95"],
+                "fresh_process_latency_ms_p95": report["latency_ms_p95"], "serving_rss_mb": report["serving_rss_mb"],
                 "fresh_process_latency_ms_p50_without_environment": plain["latency_ms_p50"]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -344,14 +352,16 @@ def _compare(work: Path, inputs: dict, model) -> dict:
     return out
 
 
-def run_verifier(work: Path, bundle: Path, fmt, batches: list[int], time_batch: int, env: dict) -> dict:
+def run_verifier(work: Path, bundle: Path, fmt, batches: list[int], time_batch: int, env: dict,
+                 serve_calls: int | None = None) -> dict:
     """Run verifier.py on `bundle` in a fresh interpreter (-I: no script directory, no user site)
-    that cannot import autoopt; returns its report (the timing of `time_batch`)."""
+    that cannot import autoopt; returns its report (the timing of `time_batch`, or `serve_calls` untimed
+    calls there, and the process's peak resident memory)."""
     import inspect
 
     request = {"bundle": str(bundle), "work": str(work), "batches": batches, "time_batch": time_batch,
                "loader": inspect.getsource(fmt.plain_loader), "loader_name": fmt.plain_loader.__name__,
-               **VERIFY_TIMING_S}
+               "serve_calls": serve_calls, **VERIFY_TIMING_S}
     (work / "request.json").write_text(json.dumps(request))
     done = subprocess.run([sys.executable, "-I", verifier.__file__, str(work / "request.json")],
                           capture_output=True, text=True, timeout=600, env=env)

@@ -121,6 +121,8 @@ def run_trial(pipeline, request: TrialRequest) -> TrialResult:
     if limit_ms is not None and metrics["latency_ms_p95"] > limit_ms:  # infeasible whatever its accuracy
         raise OverTarget(f"latency: p95 {metrics['latency_ms_p95']:.2f} ms is over the {limit_ms:g} ms target "
                          f"(accuracy not checked)", metrics)
+    if request.serving_limit_mb is not None:
+        _check_serving(pipeline, runtime, prepared, config, ctx, inputs, request, metrics)
     started = time.perf_counter()
     accuracy = (request.known_numerics or {}).get("accuracy")
     if accuracy is None:
@@ -128,6 +130,21 @@ def run_trial(pipeline, request: TrialRequest) -> TrialResult:
             accuracy = candidate_accuracy(pipeline, built.predict)
     return TrialResult.complete({**metrics, "accuracy": accuracy, "accuracy_s": time.perf_counter() - started},
                                 note="; ".join(ctx.notes) or None)
+
+
+def _check_serving(pipeline, runtime, prepared, config: dict, ctx, inputs: tuple, request: TrialRequest,
+                   metrics: dict) -> None:
+    """The serving memory of the candidate, into `metrics`; a candidate past the target stops here (PRUNED),
+    before its accuracy check."""
+    from .serving import serving_rss_mb
+
+    rss_mb, via = serving_rss_mb(pipeline, runtime, prepared, config, ctx, inputs, request)
+    metrics["serving_rss_mb"] = rss_mb
+    limit_mb = request.serving_limit_mb
+    if rss_mb > limit_mb and not request.reference:  # the reference completes (infeasible): speedups need it
+        how = "its bundle" if via == "bundle" else "the model through autoopt in Python (its runtime ships no file)"
+        raise OverTarget(f"serving memory: a fresh process serving {how} peaks at {rss_mb:,.0f} MB resident, over "
+                         f"the {limit_mb:g} MB target (accuracy not checked)", metrics)
 
 
 def _measure(runtime, prepared, config: dict, ctx, inputs: tuple, request: TrialRequest):
@@ -188,6 +205,7 @@ def remeasure(pipeline, request: TrialRequest) -> TrialResult:
             runtime, prepared, ctx, _ = build_candidate(pipeline, config, device, threads, work, inputs, request.accuracy_floor)
             candidates.append((runtime.load(prepared, config, ctx), inputs, threads, int(config["batch_size"])))
     rounds: list[list] = [[] for _ in candidates]
+    settle_s = []
     with device_lock(device, exclusive=True):
         for _ in range(request.rounds):
             for i, (built, inputs, threads, _) in enumerate(candidates):
@@ -195,14 +213,35 @@ def remeasure(pipeline, request: TrialRequest) -> TrialResult:
                 rounds[i].append(time_calls(lambda built=built, inputs=inputs: built.predict(*inputs),
                                             min_time_s=request.round_time_s,
                                             min_calls=5, warmup_min_calls=2, warmup_max_s=0.5, sync=built.sync))
+                settle_s.append(settle())
     throughput = [[bs / (lat.p50_ms / 1e3) for lat in rounds[i]] for i, (*_, bs) in enumerate(candidates)]
     figures = []
     for i, (*_, bs) in enumerate(candidates):
         p50 = statistics.median(lat.p50_ms for lat in rounds[i])
+        ratios = [a / b for a, b in zip(throughput[i], throughput[0])]
         figures.append({
             "throughput": bs / (p50 / 1e3), "latency_ms_p50": p50,
             "latency_ms_p95": percentile([lat.p95_ms for lat in rounds[i]], 50),
-            "speedup": statistics.median(a / b for a, b in zip(throughput[i], throughput[0])),
+            "speedup": statistics.median(ratios), "speedup_q25": percentile(ratios, 25),
+            "speedup_q75": percentile(ratios, 75),
+            "throughput_q25": percentile(throughput[i], 25), "throughput_q75": percentile(throughput[i], 75),
             "rounds": len(rounds[i]),
         })
-    return TrialResult.complete({"figures": figures})
+    return TrialResult.complete({"figures": figures, "settle_ms_max": max(settle_s, default=0.0) * 1e3})
+
+
+SETTLE_SLICE_S, SETTLE_MAX_S = 0.005, 0.5
+QUIET_SHARE = 0.1  # the process uses under a tenth of one core in a slice: no thread of the last turn still spins
+
+
+def settle() -> float:
+    """Wait until this process's threads are quiet: a runtime whose threads spin on after its calls (OpenMP's
+    wait policy, a thread pool's spin-wait) would otherwise take the cores from the next candidate's turn.
+    Returns the seconds waited (at most SETTLE_MAX_S)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < SETTLE_MAX_S:
+        cpu, wall = time.process_time(), time.perf_counter()
+        time.sleep(SETTLE_SLICE_S)
+        if time.process_time() - cpu < QUIET_SHARE * (time.perf_counter() - wall):
+            break
+    return time.perf_counter() - started

@@ -33,7 +33,11 @@ def search(
     config: Optional[str] = typer.Option(None, help="A YAML file of search options: targets, space, options "
                                                     "(the flags given override it)."),
     target_latency: Optional[str] = typer.Option(None, help="p95 latency bound of one batch call: 100ms, 0.1s, 250us."),
-    target_memory: Optional[str] = typer.Option(None, help="Peak memory bound: 512MB, 2GiB."),
+    target_memory: Optional[str] = typer.Option(None, help="Memory bound: 512MB, 2GiB (of --memory-basis)."),
+    memory_basis: Optional[str] = typer.Option(None, help="What --target-memory bounds: serving (the peak resident "
+                                                          "memory of a fresh process serving the candidate; default "
+                                                          "for inference on the CPU) or growth (what a warm worker "
+                                                          "gains loading and calling it; training, CUDA)."),
     max_accuracy_drop: str = typer.Option("1%", help="Allowed metric drop vs the reference: 1% or 0.01."),
     space: Optional[str] = typer.Option(None, help="Search space YAML file (default: search_spaces/default.yaml)."),
     trials: int = typer.Option(20, min=1, help="Trials the study should hold, the reference included."),
@@ -106,14 +110,15 @@ def _search_exit_code(result) -> int:
 # --help groups search's options in panels and lists the values of those that take one of a few
 # (validated once, by the API, with its one-line message).
 SEARCH_PANELS = {
-    "Targets": ("target_latency", "target_memory", "max_accuracy_drop"),
+    "Targets": ("target_latency", "target_memory", "memory_basis", "max_accuracy_drop"),
     "Search": ("config", "space", "trials", "timeout", "seed", "study", "sampler", "warm_start", "task", "early_stop",
                "screen", "patience", "remeasure_top", "dry_run"),
     "Execution": ("device", "trial_timeout", "min_time", "jobs", "fresh_workers"),
     "Storage": ("tracking_uri", "storage"),
     "Export and output": ("export", "out", "register", "json_out"),
 }
-CHOICES = {"device": "[auto|cpu|cuda]", "sampler": "[tpe|gp|random|grid]", "task": "[infer|train]",
+CHOICES = {"device": "[auto|cpu|cuda]", "memory_basis": "[serving|growth]",
+           "sampler": "[tpe|gp|random|grid]", "task": "[infer|train]",
            "export": "[aoti|onnx|openvino|torchscript]", "format": "[aoti|onnx|openvino|torchscript]"}
 
 
@@ -134,13 +139,18 @@ _describe_options(search, SEARCH_PANELS)
 
 def _report_search(result) -> None:
     """The outcome of a search, and its exit code: 130 interrupted, 3 nothing feasible or exportable."""
+    from .results import NOISE_FLOOR
+    from .runner import REMEASURE_ROUNDS
+
     export = result.options.export
     flags = {"tracking-uri": result.options.tracking_uri, "storage": result.options.storage, "out": result.options.out}
     console.print(summary_table(result))
     if any(t.remeasured for t in result.trials):
-        console.print("* re-measured at the end, interleaved with the reference (10 rounds): latency and samples/s are "
-                      "those figures, the speedup the median of the per-round ratios; the winner is chosen on them.",
-                      highlight=False)
+        console.print(f"Re-measured rows: {REMEASURE_ROUNDS} interleaved rounds; speedup = median (interquartile range) "
+                      "of the per-round ratios to the reference. Rows of another basis are set apart with their own "
+                      "reference row. The winner is chosen on the re-measured figures; trials within the noise of the "
+                      f"fastest (overlapping ranges, or under {NOISE_FLOOR:.0%} apart) are a tie, which goes to the lower "
+                      "p95, then the lower serving memory, then the smaller model file.", highlight=False)
     if result.interrupted:
         err.print(f"Interrupted: the study holds {len(result.trials)} trials; "
                   f"run again with --study {result.study_name} to continue.", highlight=False)
@@ -161,9 +171,11 @@ def _report_search(result) -> None:
                              + "; ".join(result.violations(closest)) + "."), highlight=False)
         raise typer.Exit(3)
     speedup = result.speedup(best)
+    tie = result.tie
     console.print(f"[bold green]Best:[/] trial {best.number} ({escape(describe(best.config))}): "
                   f"{best.figures['throughput']:,.0f} samples/s"
-                  + (f", {speedup:.2f}x the reference" if speedup else ""), highlight=False)
+                  + (f", {speedup:.2f}x the reference" if speedup else "")
+                  + (f"; {escape(tie.describe())}" if tie else ""), highlight=False)
     if not export:
         from .runtimes import format_for
 

@@ -48,6 +48,8 @@ def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, mani
                 input_example=example, params={k: str(v) for k, v in manifest["config"].items()})
             figures = {metric_name(k): v for k, v in (manifest.get("metrics") or {}).items()}
             figures.update({f"remeasured_{metric_name(k)}": v for k, v in (manifest.get("remeasured") or {}).items()})
+            # the bundle's own: its fresh-process verification served it (bundle.py)
+            figures["serving_rss_mb"] = manifest.get("verification", {}).get("serving_rss_mb")
             metrics = {k: float(v) for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if metrics:
                 mlflow.log_metrics(metrics, model_id=info.model_id)

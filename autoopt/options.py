@@ -18,10 +18,11 @@ from .targets import Targets
 from .units import parse_duration_s, parse_fraction, parse_latency_ms, parse_memory_mb
 
 SAMPLERS = ("tpe", "gp", "random", "grid")
+MEMORY_BASES = ("serving", "growth")
 
 # What a user may pass, with the defaults a search uses when it is not given.
 DEFAULTS = {
-    "target_latency": None, "target_memory": None, "max_accuracy_drop": "1%", "space": None, "trials": 20,
+    "target_latency": None, "target_memory": None, "memory_basis": None, "max_accuracy_drop": "1%", "space": None, "trials": 20,
     "timeout": None, "seed": None, "study": None, "tracking_uri": None, "storage": None, "device": "auto",
     "trial_timeout": "10m", "min_time": "1s", "export": None, "out": None, "register": None, "task": "infer",
     "remeasure_top": 3, "sampler": "tpe", "warm_start": True, "jobs": 1, "fresh_workers": False,
@@ -35,6 +36,9 @@ class SearchOptions:
 
     targets: latency (p95 of one batch call, "100ms"; a bare number is ms), memory ("512MB", "2GiB"; a
         bare number is MB) and the allowed accuracy drop ("1%" or 0.01, points of the pipeline metric).
+    memory_basis: what the memory target bounds: "serving" (default for inference on the CPU: the peak resident
+        memory of a fresh process serving the candidate, serving_rss_mb) or "growth" (the memory a warm worker
+        gains loading and calling it, peak_memory_mb: the only basis of the training step and of CUDA).
     space: a search-space YAML file or a bundled space name (default: search_spaces/default.yaml), or
         the space itself as a mapping {knob: domain}.
     trials: finished trials the study should hold (a resumed study counts its earlier trials).
@@ -123,7 +127,9 @@ class SearchOptions:
                 raise ConfigError(f"{option('export')} ships an inference model; {option('task', 'train')} searches "
                                   f"the training step. Drop {option('export')}, or search with "
                                   f"{option('task', 'infer')}.")
+        resolved = resolve_device(v["device"])
         targets = Targets(
+            memory_basis=_memory_basis(v["memory_basis"], v["task"], resolved),
             latency_ms=None if v["target_latency"] is None else parse_latency_ms(v["target_latency"], "target_latency"),
             memory_mb=None if v["target_memory"] is None else parse_memory_mb(v["target_memory"], "target_memory"),
             max_accuracy_drop=parse_fraction(v["max_accuracy_drop"], "max_accuracy_drop"),
@@ -132,7 +138,7 @@ class SearchOptions:
             targets=targets, space=v["space"], trials=v["trials"],
             timeout_s=None if v["timeout"] is None else _seconds(v["timeout"], "timeout"),
             seed=v["seed"], study=v["study"], tracking_uri=v["tracking_uri"], storage=v["storage"],
-            device=resolve_device(v["device"]), trial_timeout_s=_seconds(v["trial_timeout"], "trial_timeout"),
+            device=resolved, trial_timeout_s=_seconds(v["trial_timeout"], "trial_timeout"),
             min_time_s=_seconds(v["min_time"], "min_time"), export=v["export"], out=v["out"],
             register=v["register"], task=v["task"], remeasure_top=v["remeasure_top"], sampler=v["sampler"],
             warm_start=bool(v["warm_start"]) and v["sampler"] != "grid",  # the grid visits every combination anyway
@@ -148,6 +154,7 @@ class SearchOptions:
         t = self.targets
         return {
             "target_latency": unit(t.latency_ms, "ms"), "target_memory": unit(t.memory_mb, "MB"),
+            "memory_basis": t.memory_basis,
             "max_accuracy_drop": unit(t.max_accuracy_drop * 100, "%"),
             "space": os.fspath(self.space) if isinstance(self.space, os.PathLike) else self.space,
             "trials": self.trials, "timeout": unit(self.timeout_s, "s"), "seed": self.seed, "study": self.study,
@@ -159,6 +166,19 @@ class SearchOptions:
             "jobs": self.jobs, "fresh_workers": self.fresh_workers, "early_stop": self.early_stop,
             "patience": self.patience, "screen": self.screen,
         }
+
+
+def _memory_basis(basis: str | None, task: str, device: str) -> str:
+    """"serving" for inference on the CPU unless told otherwise; "growth" where serving means nothing here."""
+    if basis is None:
+        return "serving" if task == "infer" and device == "cpu" else "growth"
+    _choice(basis, "memory_basis", MEMORY_BASES)
+    if basis == "serving" and (task != "infer" or device != "cpu"):
+        what = f"{option('task', 'train')} measures a training step" if task != "infer" else \
+            f"{option('device', device)} measures device memory"
+        raise ConfigError(f"{option('memory_basis', 'serving')} is the resident memory of a CPU process serving a "
+                          f"bundle; {what}. Use {option('memory_basis', 'growth')}.")
+    return basis
 
 
 def resolve_device(device: str) -> str:

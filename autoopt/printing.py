@@ -23,31 +23,57 @@ def describe(config: dict) -> str:
 
 
 def summary_table(result) -> Table:
+    """The reference and the top feasible trials, one basis per section: the trials re-measured interleaved at
+    the end of the search (with the reference's re-measured figures and the spread of the per-round speedups),
+    then those measured only by their own trial (with the reference's trial figures); a speedup compares figures
+    of one section only."""
     train = result.task == "train"
-    rows = ([result.reference] if result.reference else []) + [t for t in result.top(5) if t is not result.reference]
+    top = [t for t in result.top(5) if t is not result.reference]
     ref_name = "fp32 eager, no checkpointing, largest batch that fits" if train else "every knob at its baseline"
     table = Table(title=f"Study {result.study_name}: the reference ({ref_name}) and the top feasible trials")
     columns = (("trial", "configuration (baseline knobs omitted)", "batch", "step p50 ms", "step p95 ms", "samples/s",
                 "speedup", "peak MB", "loss dev", "grad cos") if train else
                ("trial", "configuration (baseline knobs omitted)", "p50 ms", "p95 ms", "samples/s", "speedup",
-                "peak MB", "size MB", "accuracy", "drop"))
+                "serving MB", "growth MB", "size MB", "accuracy", "drop"))
     for col in columns:
         table.add_column(col, justify="left" if col.startswith("configuration") else "right")
-    for t in rows:
-        m = t.figures
-        speedup = result.speedup(t)
-        mark = "*" if t.remeasured else ""
-        head = [f"{t.number}{mark} (ref)" if t is result.reference else f"{t.number}{mark}", escape(describe(t.config))]
-        if train:
-            table.add_row(*head, str(t.config["batch_size"]), f"{m['latency_ms_p50']:.1f}", f"{m['latency_ms_p95']:.1f}",
-                          f"{m['throughput']:,.0f}", f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}",
-                          f"{m['accuracy_drop']:.4f}", f"{m['grad_cosine']:.4f}")
-        else:
-            table.add_row(*head, f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}",
-                          f"{speedup:.2f}x" if speedup else "-", f"{m['peak_memory_mb']:.1f}",
-                          f"{m['model_size_mb']:.2f}" if "model_size_mb" in m else "-",
-                          f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}")
+    reference = result.reference
+    again = [t for t in top if t.remeasured]
+    alone = [t for t in top if not t.remeasured]
+    sections = [(again, True), (alone, False)] if reference is not None and reference.remeasured else [(top, False)]
+    for rows, remeasured in sections:
+        if not rows and not remeasured:
+            continue
+        if remeasured or len(sections) > 1:
+            if table.row_count:
+                table.add_section()
+            label = "re-measured interleaved at the end" if remeasured else "each trial's own timing (another basis)"
+            table.add_row("", f"[dim]{label}[/]", *[""] * (len(columns) - 2))
+        for t in ([reference] if reference is not None else []) + rows:
+            _summary_row(table, result, t, train, remeasured)
     return table
+
+
+def _summary_row(table: Table, result, t, train: bool, remeasured: bool) -> None:
+    m = t.figures if remeasured else t.metrics
+    if remeasured:
+        r = t.remeasured
+        # the reference is the first candidate of every round: its own ratios are 1
+        speedup = f"{r['speedup']:.2f}x ({r['speedup_q25']:.2f}-{r['speedup_q75']:.2f})" if "speedup_q25" in r else \
+            f"{r['speedup']:.2f}x"
+    else:
+        ref = result.reference
+        speedup = f"{m['throughput'] / ref.metrics['throughput']:.2f}x" if ref is not None else "-"
+    head = [f"{t.number} (ref)" if t is result.reference else str(t.number), escape(describe(t.config))]
+    if train:
+        table.add_row(*head, str(t.config["batch_size"]), f"{m['latency_ms_p50']:.1f}", f"{m['latency_ms_p95']:.1f}",
+                      f"{m['throughput']:,.0f}", speedup, f"{m['peak_memory_mb']:.1f}",
+                      f"{m['accuracy_drop']:.4f}", f"{m['grad_cosine']:.4f}")
+        return
+    cells = [f"{m[key]:{spec}}" if m.get(key) is not None else "-"
+             for key, spec in (("serving_rss_mb", ",.0f"), ("peak_memory_mb", ".1f"), ("model_size_mb", ".2f"))]
+    table.add_row(*head, f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}", f"{m['throughput']:,.0f}",
+                  speedup, *cells, f"{m['accuracy']:.4f}", f"{m['accuracy_drop']:+.4f}")
 
 
 def print_json(document: dict) -> None:
@@ -78,7 +104,7 @@ def print_plan(plan) -> None:
     t = plan.targets
     wanted = ", ".join(f"{label} {value}" for label, value in (
         ("p95 <=", f"{t['latency_ms']:g} ms" if t["latency_ms"] is not None else None),
-        ("peak memory <=", f"{t['memory_mb']:g} MB" if t["memory_mb"] is not None else None),
+        (f"{t.get('memory_label', 'memory')} <=", f"{t['memory_mb']:g} MB" if t["memory_mb"] is not None else None),
         ("accuracy drop <=", f"{t['max_accuracy_drop']:g}")) if value is not None)
     limit = f", stopping after {plan.timeout_s:g} s" if plan.timeout_s is not None else ""
     limit += f", or after {plan.patience} trials without a better feasible one" if plan.patience else ""
@@ -91,6 +117,7 @@ def print_export(exported) -> None:
     console.print(f"[bold green]Exported[/] trial {m['source']['trial']} to {exported.path} ({m['format']}, "
                   f"{m['metrics']['model_size_mb']:.2f} MB): verified in a fresh process without autoopt, max abs "
                   f"error {v['max_abs_error']:.2g}, cosine {v['min_cosine']:.6f}, accuracy {v['accuracy']:.4f}; "
+                  f"serving_rss_mb {v['serving_rss_mb']:,.0f} (peak resident memory of that process); "
                   f"latency p50 {v['fresh_process_latency_ms_p50']:.2f} ms there vs "
                   + (f"{m['remeasured']['latency_ms_p50']:.2f} ms in the search's re-measurement"
                      if m.get("remeasured") else f"{m['metrics']['latency_ms_p50']:.2f} ms in the search"),
@@ -111,11 +138,14 @@ def print_bench(figures: dict) -> None:
     s = figures["search"]
     console.print(f"{figures['bundle']} ({figures['format']}) at batch {figures['batch']}, median of "
                   f"{figures['processes']} fresh processes: p50 {figures['latency_ms_p50']:.2f} ms, p95 "
-                  f"{figures['latency_ms_p95']:.2f} ms, {figures['throughput']:,.0f} samples/s", highlight=False)
+                  f"{figures['latency_ms_p95']:.2f} ms, {figures['throughput']:,.0f} samples/s; serving_rss_mb "
+                  f"{figures['serving_rss_mb']:,.0f} (peak resident memory of such a process)", highlight=False)
     what = "re-measured interleaved at the end of the search" if s["remeasured"] else "measured by the trial"
     console.print(f"The search recorded p50 {s['latency_ms_p50']:.2f} ms, p95 {s['latency_ms_p95']:.2f} ms, "
                   f"{s['throughput']:,.0f} samples/s at batch {s['batch']} ({what}); the export's fresh process: "
-                  f"p50 {figures['export_fresh_process_latency_ms_p50']:.2f} ms", highlight=False)
+                  f"p50 {figures['export_fresh_process_latency_ms_p50']:.2f} ms"
+                  + (f", serving_rss_mb {figures['export_serving_rss_mb']:,.0f}" if figures.get("export_serving_rss_mb")
+                     else ""), highlight=False)
     console.print(f"CPU here: {figures['cpu']}", highlight=False)
     if figures["built_on"] and figures["built_on"] != figures["cpu"]:
         console.print(f"[yellow]Built and verified on another CPU:[/] {escape(figures['built_on'])}", highlight=False)

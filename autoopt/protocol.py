@@ -14,7 +14,8 @@ from .results import TrialState
 
 @dataclass(frozen=True)
 class TrialRequest:
-    """What a worker needs to run one trial ("infer", "train") or the end-of-search "remeasure"."""
+    """What a worker needs to run one trial ("infer", "train"), the end-of-search "remeasure", or "serve" (the
+    serving memory of `config`, in a worker of its own)."""
 
     task: str
     device: str
@@ -23,7 +24,8 @@ class TrialRequest:
     pipeline: str | None = None  # the pipeline file, or None when it travels pickled
     pipeline_pickle: str | None = None  # an in-memory pipeline, cloudpickled
     min_calls: int = 20
-    memory_limit_mb: float | None = None  # a trial past this stops early (PRUNED)
+    memory_limit_mb: float | None = None  # a trial whose memory growth passes this stops early (PRUNED)
+    serving_limit_mb: float | None = None  # measure serving_rss_mb (serving.py); a trial past this is PRUNED
     latency_limit_ms: float | None = None  # set when early stopping is on (inference)
     screen_throughput: float | None = None  # a short timing below this stops the trial: not a contender
     reference_numerics: dict | None = None  # training: the reference's losses and gradient file
@@ -31,6 +33,7 @@ class TrialRequest:
     config: dict = field(default_factory=dict)
     known_numerics: dict | None = None  # accuracy (or training numerics) measured before for the same numerics
     trial: int | None = None
+    reference: bool = False  # the yardstick: measured in full whatever the serving memory (infeasible past it)
     workdir: str = ""
     configs: list = field(default_factory=list)  # remeasure: the configurations to time interleaved
     rounds: int = 0

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from .measure import NOISY_CV
-from .results import TrialRecord, TrialState, pareto_front, ranked_feasible, speedup
+from .results import TrialRecord, TrialState, pareto_front, ranked_feasible, speedup, winning_tie
 from .targets import Targets
 
 METRIC_COLUMNS = ("throughput", "latency_ms_p50", "latency_ms_p95", "latency_cv", "latency_unreliable", "machine_load",
@@ -140,7 +140,9 @@ def _line(t: TrialRecord, reference: TrialRecord | None) -> str:
     if reference and t.remeasured and reference.remeasured:
         text += f" when re-measured interleaved ({t.remeasured['throughput']:,.0f} samples/s there)"
     return (f"trial {t.number} ({describe(t.config)}): {m['throughput']:,.0f} samples/s{text}, p95 "
-            f"{m['latency_ms_p95']:.2f} ms, peak {m['peak_memory_mb']:.1f} MB, accuracy drop {m['accuracy_drop']:+.4f}")
+            f"{m['latency_ms_p95']:.2f} ms, memory growth {m['peak_memory_mb']:.1f} MB"
+            + (f", serving {t.figures['serving_rss_mb']:,.0f} MB" if t.figures.get("serving_rss_mb") else "")
+            + f", accuracy drop {m['accuracy_drop']:+.4f}")
 
 
 def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord | None,
@@ -161,6 +163,9 @@ def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord
     if ranked:
         winner = ranked[0]
         out += [_line(winner, reference), ""]
+        tie = winning_tie(trials)
+        if tie is not None:
+            out += [f"It won {tie.describe()}.", ""]
         if "padding_share" in winner.metrics:  # a pipeline with a padding mask (autoopt.padding)
             m = winner.metrics
             out += [f"Padding: {m['padding_share']:.0%} of the positions in its timed batches (the pipeline's "
@@ -171,7 +176,8 @@ def markdown(trials: list[TrialRecord], targets: Targets, reference: TrialRecord
         if len(ranked) > 1:
             second = ranked[1]
             gap = 1 - second.figures["throughput"] / winner.figures["throughput"]  # what the winner was chosen on
-            out += [f"The best other feasible configuration, {_line(second, reference)}, is {gap:.1%} slower.", ""]
+            how = f"{gap:.1%} slower" if gap >= 0 else f"{-gap:.1%} faster, within the noise (the tie above)"
+            out += [f"The best other feasible configuration, {_line(second, reference)}, is {how}.", ""]
         faster = [t for t in measured if not t.feasible and t.metrics["throughput"] > winner.figures["throughput"]]
         if faster:
             best_miss = max(faster, key=lambda t: t.metrics["throughput"])

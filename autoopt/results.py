@@ -34,7 +34,12 @@ class TrialState(str, Enum):
         return {"COMPLETE": cls.COMPLETE, "PRUNED": cls.PRUNED, "FAIL": cls.FAILED}.get(state.name, cls.RUNNING)
 
 
-REMEASURED = ("throughput", "latency_ms_p50", "latency_ms_p95")  # what the interleaved re-measurement re-times
+# What the interleaved re-measurement re-times (and the serving memory it measures for trials in a tie).
+REMEASURED = ("throughput", "latency_ms_p50", "latency_ms_p95", "serving_rss_mb")
+P95_SAME = 0.1  # tied trials whose p95 latencies are this close (relative) have the same p95: memory decides
+# Interleaved rounds share one process, so their spread understates what a fresh process sees: one bundle re-timed in
+# fresh processes on the 2-core CI machine moved by up to 25% (issue 28). Closer than this is a tie, whatever the IQRs.
+NOISE_FLOOR = 0.03
 
 
 @dataclass
@@ -153,7 +158,100 @@ def ranked_feasible(trials: list[TrialRecord]) -> list[TrialRecord]:
             out.append(t)
     confirmed = sorted((t for t in out if t.remeasured and t.remeasured.get("feasible")),
                        key=lambda t: -t.remeasured["throughput"])
+    won = tie_of(confirmed)
+    if won is not None:
+        confirmed.remove(won.winner)
+        confirmed.insert(0, won.winner)
     return confirmed + [t for t in out if t not in confirmed]
+
+
+def winning_tie(trials: list[TrialRecord]) -> Tie | None:
+    """The tie the best feasible trial (ranked_feasible's first) won, or None."""
+    confirmed = sorted((t for t in ranked_feasible(trials) if t.remeasured and t.remeasured.get("feasible")),
+                       key=lambda t: -t.remeasured["throughput"])
+    return tie_of(confirmed)
+
+
+def tied(a: TrialRecord, b: TrialRecord) -> bool:
+    """Throughputs equal within the machine's noise: the interquartile ranges of the two trials' per-round
+    speedups (each round's throughput over the reference's, in the interleaved re-measurement) overlap, or their
+    medians are under NOISE_FLOOR apart."""
+    x, y = a.remeasured or {}, b.remeasured or {}
+    if "speedup_q25" not in x or "speedup_q25" not in y:
+        return False
+    close = abs(x["speedup"] - y["speedup"]) <= NOISE_FLOOR * max(x["speedup"], y["speedup"])
+    return close or min(x["speedup_q75"], y["speedup_q75"]) >= max(x["speedup_q25"], y["speedup_q25"])
+
+
+def tie_group(confirmed: list[TrialRecord]) -> list[TrialRecord]:
+    """The re-measured trials (fastest first) tied with the fastest one; [] without a tie."""
+    group = [t for t in confirmed if t is confirmed[0] or tied(confirmed[0], t)] if confirmed else []
+    return group if len(group) > 1 else []
+
+
+def same_p95(group: list[TrialRecord]) -> list[TrialRecord]:
+    """The trials of a tie whose p95 latency is the lowest, within P95_SAME."""
+    low = min(t.figures["latency_ms_p95"] for t in group)
+    return [t for t in group if t.figures["latency_ms_p95"] <= low * (1 + P95_SAME)]
+
+
+@dataclass
+class Tie:
+    """The fastest re-measured trial and those within the noise of it; the winner, as a user would take it."""
+
+    winner: TrialRecord
+    fastest: TrialRecord
+    members: list
+    on: str  # what decided: "p95", "serving memory", "model size", or "throughput" (nothing else differed)
+
+    def describe(self) -> str:
+        """One clause for the `Best:` line and the report."""
+        w, f = self.winner, self.fastest
+        others = ", ".join(str(t.number) for t in self.members if t is not w)
+        spread = "; ".join(f"trial {t.number} {t.remeasured['speedup_q25']:.2f}-{t.remeasured['speedup_q75']:.2f}x"
+                           for t in self.members)
+        head = f"a tie within the noise with trial{'s' if ',' in others else ''} {others} (per-round speedups, " \
+               f"interquartile: {spread})"
+        if w is f:
+            return f"{head}; the fastest stays: its p95, serving memory and model file are no worse"
+        if self.on == "p95":
+            why = f"its lower p95, {w.figures['latency_ms_p95']:.2f} ms vs {f.figures['latency_ms_p95']:.2f} ms"
+        elif self.on == "serving memory":
+            why = (f"its lower serving memory, {w.figures['serving_rss_mb']:,.0f} MB vs "
+                   f"{f.figures['serving_rss_mb']:,.0f} MB (p95 within {P95_SAME:.0%})")
+        else:
+            why = (f"its smaller model file, {w.metrics['model_size_mb']:.2f} MB vs {f.metrics['model_size_mb']:.2f} MB "
+                   f"(p95 within {P95_SAME:.0%}, serving memory not lower)")
+        return f"{head}; taken over the fastest, trial {f.number}, for {why}"
+
+
+def tie_of(confirmed: list[TrialRecord]) -> Tie | None:
+    """The tie at the top of the re-measured trials (ranked by throughput), broken as a user would: the lower p95,
+    then the lower serving memory, then the smaller model file. None when the fastest stands alone."""
+    group = tie_group(confirmed)
+    if not group:
+        return None
+    pool = same_p95(group)
+    inf = float("inf")
+
+    def memory(t: TrialRecord) -> float:
+        value = t.figures.get("serving_rss_mb")
+        return inf if value is None else value
+
+    def size(t: TrialRecord) -> float:
+        return t.metrics.get("model_size_mb", inf)
+
+    winner = min(pool, key=lambda t: (memory(t), size(t)))  # min keeps the first (fastest) among equals
+    fastest = group[0]
+    if fastest not in pool:
+        on = "p95"
+    elif memory(winner) < memory(fastest):
+        on = "serving memory"
+    elif size(winner) < size(fastest):
+        on = "model size"
+    else:
+        on = "throughput"
+    return Tie(winner, fastest, group, on)
 
 
 def speedup(trial: TrialRecord, reference: TrialRecord | None) -> float | None:

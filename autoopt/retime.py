@@ -4,7 +4,8 @@ Each run is a fresh interpreter that cannot import autoopt (verifier.py), starte
 malloc environment, loading the model with its format's plain loader and timing a warm-up then three
 blocks of calls on the bundle's example inputs (`example_inputs.npz`, written by the export), tiled
 to the batch size. The median over the fresh processes is reported beside the figures the search and
-the export recorded, and the CPU of both machines.
+the export recorded, and the CPU of both machines; so is the serving memory (serving_rss_mb: the peak resident
+memory of such a process, from its start to its last timed call).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def retime(path, batch: int | None = None, processes: int = 3) -> dict:
         "bundle": str(bundle), "format": manifest["format"], "batch": batch, "processes": processes,
         "latency_ms_p50": p50, "latency_ms_p95": statistics.median(r["latency_ms_p95"] for r in reports),
         "throughput": batch / (p50 / 1e3), "per_process_p50_ms": [r["latency_ms_p50"] for r in reports],
+        "serving_rss_mb": statistics.median(r["serving_rss_mb"] for r in reports),
+        "export_serving_rss_mb": manifest.get("verification", {}).get("serving_rss_mb"),
         "cpu": cpu_description(), "built_on": cpu_description(manifest["machine"]) if "machine" in manifest else None,
         "search": {"batch": manifest["config"]["batch_size"], "latency_ms_p50": recorded.get("latency_ms_p50"),
                    "latency_ms_p95": recorded.get("latency_ms_p95"), "throughput": recorded.get("throughput"),

@@ -15,7 +15,7 @@ from typing import Callable
 from .machine import available_cores
 from .options import SearchOptions
 from .protocol import TrialRequest, TrialResult
-from .results import TrialRecord, TrialState, ranked_feasible, reference_of
+from .results import TrialRecord, TrialState, ranked_feasible, records, reference_of, same_p95, tie_group
 from .study import known_numerics
 from .worker import Worker
 
@@ -38,7 +38,8 @@ class Runner:
         self.request = TrialRequest(
             task=options.task, device=options.device, threads=available_cores(), min_time_s=options.min_time_s,
             pipeline=pipe.source, pipeline_pickle=_pickle_if_needed(pipe, self.tmp),
-            memory_limit_mb=options.targets.memory_mb,
+            memory_limit_mb=options.targets.memory_mb if options.targets.memory_basis == "growth" else None,
+            serving_limit_mb=options.targets.memory_mb if options.targets.memory_basis == "serving" else None,
             latency_limit_ms=options.targets.latency_ms if options.task == "infer" and options.early_stop else None,
             accuracy_floor=(reference_accuracy - options.targets.max_accuracy_drop
                             if options.task == "infer" and reference_accuracy is not None else None),
@@ -74,13 +75,17 @@ class Runner:
         shipped = FORMATS[self.options.export] if self.options.export else None
         return contender_bar(self.study.get_trials(deepcopy=False), number, shipped)
 
+    def _is_reference(self, number: int) -> bool:
+        return any(t.number == number and t.user_attrs.get("reference") for t in self.study.get_trials(deepcopy=False))
+
     def _evaluator(self, worker: Worker) -> Callable[[dict, int], TrialResult]:
         def evaluate(config: dict, number: int) -> TrialResult:
             work = self.tmp / f"trial-{number}"
             work.mkdir()
             request = self.request.for_trial(config=config, trial=number,
                                              known_numerics=known_numerics(self.study, config),
-                                             screen_throughput=self._screen_throughput(number))
+                                             screen_throughput=self._screen_throughput(number),
+                                             reference=self._is_reference(number))
             result = worker.run(request, str(work), self.options.trial_timeout_s)
             if result.state == TrialState.COMPLETE and self.options.task == "infer":
                 drop = self.reference_accuracy - result.metrics["accuracy"]
@@ -113,11 +118,38 @@ class Runner:
         if result.state != TrialState.COMPLETE:
             log.warning("The interleaved re-measurement failed (%s): the search's own figures stand.", result.reason)
             return
+        if result.metrics.get("settle_ms_max", 0) > 20:
+            log.info("A candidate's threads kept the cores busy up to %.0f ms after its turn; each turn waited for "
+                     "them to go quiet.", result.metrics["settle_ms_max"])
         latency_ms = self.options.targets.latency_ms
         figures = {}
         for t, fig in zip(chosen, result.metrics["figures"]):
             fig["feasible"] = latency_ms is None or fig["latency_ms_p95"] <= latency_ms
             figures[str(t.number)] = fig
+        self.study.set_user_attr("remeasured", figures)
+        self._serving_for_tie(figures)
+
+    def _serving_for_tie(self, figures: dict) -> None:
+        """Trials tied on throughput and on p95 are told apart by their serving memory: measure it (serving.py)
+        for those whose trial did not (no memory target), each in a worker of its own."""
+        trials = records(self.study)
+        confirmed = sorted((t for t in trials if t.feasible and t.remeasured and t.remeasured["feasible"]),
+                           key=lambda t: -t.remeasured["throughput"])
+        group = tie_group(confirmed)
+        pool = same_p95(group) if group else []
+        for t in (t for t in pool if len(pool) > 1 and t.figures.get("serving_rss_mb") is None):
+            work = self.tmp / f"serving-{t.number}"
+            work.mkdir()
+            worker = Worker(str(self.tmp), reuse=False)
+            try:
+                result = worker.run(self.request.for_trial(task="serve", config=t.config, trial=t.number), str(work),
+                                    self.options.trial_timeout_s)
+            finally:
+                worker.close()
+            if result.state == TrialState.COMPLETE:
+                figures[str(t.number)]["serving_rss_mb"] = result.metrics["serving_rss_mb"]
+            else:
+                log.warning("The serving memory of trial %d could not be measured (%s).", t.number, result.reason)
         self.study.set_user_attr("remeasured", figures)
 
 

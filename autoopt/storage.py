@@ -101,11 +101,13 @@ def search_signature(space, targets, task: str, device: str) -> dict:
     """What a study's trials were measured against: resuming or joining it with anything else mixes them."""
     return {"task": task, "device": device,
             "targets": {"latency_ms": targets.latency_ms, "memory_mb": targets.memory_mb,
+                        "memory_basis": targets.memory_basis if targets.memory_mb is not None else None,
                         "max_accuracy_drop": targets.max_accuracy_drop},
             "space": {name: domain.describe() for name, domain in space.domains.items()}}
 
 
 _TARGET_OPTIONS = {"latency_ms": ("target_latency", "{:g}ms"), "memory_mb": ("target_memory", "{:g}MB"),
+                   "memory_basis": ("memory_basis", "{}"),
                    "max_accuracy_drop": ("max_accuracy_drop", "{:g}")}
 
 

@@ -199,7 +199,11 @@ class Tracker:
                                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if best is not None and best.run_id in self._created:
             self._log(best.run_id, tags={"autoopt.winner": "true"})
+        from .results import winning_tie
+
+        tie = winning_tie(list(trials)) if best is not None else None
         tags = {"autoopt.best_trial": str(best.number) if best else "none",
+                **({"autoopt.best_tie": tie.describe()[:5000]} if tie else {}),
                 "autoopt.best_figures": ("re-measured interleaved" if best and best.remeasured else "the trial's own")}
         metrics = {f"best_{metric_name(k)}": v for k, v in (best.figures if best else {}).items() if isinstance(v, (int, float))}
         self._log(self.parent_run_id, metrics=metrics, tags=tags)

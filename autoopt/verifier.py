@@ -6,9 +6,12 @@ self-contained function of the runtime, sent as source: see runtimes.base.Export
 saved inputs at each batch size, and times one batch size as a deployment would see it.
 
 REQUEST (JSON): bundle, work (a directory), batches, time_batch, loader (source), loader_name, and
-optionally warmup_s and block_s (the seconds of the warm-up and of each timed block).
+optionally warmup_s and block_s (the seconds of the warm-up and of each timed block), serve_calls (instead
+of the timing: this many untimed calls at time_batch, for the serving memory alone).
 In `work`: reads inputs_<batch>.npz (arr_0, arr_1, ... in input order); writes outputs_<batch>.npz
-(keyed by output path) and report.json ({latency_ms_p50, latency_ms_p95}).
+(keyed by output path) and report.json ({latency_ms_p50, latency_ms_p95, serving_rss_mb}): serving_rss_mb is
+this process's peak resident memory (VmHWM) at the end: the interpreter, the runtime's libraries, the
+loaded model and its calls, as a process serving the bundle holds them.
 This module imports nothing of autoopt, so that tests can import it and the script can run without it.
 """
 
@@ -44,6 +47,20 @@ def time_call(call: Callable[[], object], clock=time.perf_counter, warmup_s: flo
             "latency_ms_p95": sorted(b[1] for b in blocks)[middle]}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (VmHWM; ru_maxrss where /proc is not there)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KB on Linux
+
+
 def plain_loader(source: str, name: str) -> Callable:
     """The format's loader function, defined from its source in a namespace of its own."""
     namespace: dict = {}
@@ -69,8 +86,14 @@ def main(request_path: str) -> int:
     for batch in request["batches"]:
         np.savez(f"{work}/outputs_{batch}.npz", **run(inputs(batch)))
     timed = inputs(request["time_batch"])
+    if request.get("serve_calls"):
+        for _ in range(request["serve_calls"]):
+            run(timed)
+        report = {}
+    else:
+        report = time_call(lambda: run(timed), warmup_s=request.get("warmup_s"), block_s=request.get("block_s"))
     with open(f"{work}/report.json", "w") as f:
-        json.dump(time_call(lambda: run(timed), warmup_s=request.get("warmup_s"), block_s=request.get("block_s")), f)
+        json.dump({**report, "serving_rss_mb": peak_rss_mb()}, f)
     return 0
 
 

@@ -64,6 +64,10 @@ def run_request(request: TrialRequest) -> TrialResult:
     pipeline = _pipeline(request)
     if request.task == "remeasure":
         return candidate.remeasure(pipeline, request)
+    if request.task == "serve":  # in a worker of its own: its resident memory is the figure
+        from .serving import serve_in_python
+
+        return serve_in_python(pipeline, request)
     if request.task == "train":
         from .training import run_train_trial
 

@@ -186,6 +186,7 @@ def test_cli_export_and_trials(onnx_study):
                                "--tracking-uri", str(root / "store")])
     assert done.exit_code == 0, done.output
     assert "verified in a fresh process without autoopt" in done.output and (root / "cli" / "model.onnx").exists()
+    assert "serving_rss_mb" in done.output and "(peak resident memory of that process)" in " ".join(done.output.split())
     assert "Run it with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728" in " ".join(done.output.split())
     bad = runner.invoke(app, ["export", "--study", "exp-onnx", "--format", "tflite", "--tracking-uri", str(root / "store")])
     assert bad.exit_code == 2 and "--format must be one of [aoti, onnx, openvino, torchscript]. Got 'tflite'." in bad.output
@@ -204,8 +205,12 @@ def test_bench_re_times_a_bundle_in_fresh_processes_beside_the_search_s_figure(o
     assert figures["search"]["latency_ms_p50"] == manifest["remeasured"]["latency_ms_p50"]
     assert figures["search"]["batch"] == manifest["config"]["batch_size"]
     assert figures["cpu"].split(",")[0] in figures["built_on"]
+    # an ONNX Runtime process that never imports torch: tens of MB, not the hundreds torch maps
+    assert 10 < figures["serving_rss_mb"] < 400 and figures["export_serving_rss_mb"] == \
+        manifest["verification"]["serving_rss_mb"]
     text = runner.invoke(app, ["bench", str(root / "bundle"), "--processes", "1"])
     assert text.exit_code == 0 and "median of 1 fresh processes: p50" in " ".join(text.output.split())
+    assert "serving_rss_mb" in text.output
     assert "The search recorded p50" in " ".join(text.output.split())
     missing = runner.invoke(app, ["bench", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "the folder does not exist. Expected a bundle written by" in missing.output

@@ -24,8 +24,8 @@ def test_search_prints_trials_and_the_final_table(tmp_path):
     out = result.output
     assert "#0   batch_size=1 compile_mode=eager " in out
     assert "the reference (every knob at its baseline) and the top feasible trials" in out
-    assert "0* (ref)" in out and "1.00x" in out  # re-measured with the top trials at the end
-    assert "* re-measured at the end, interleaved with the reference" in out
+    assert "0 (ref)" in out and "1.00x (1.00-1.00)" in out  # re-measured with the top trials at the end
+    assert "re-measured interleaved at the end" in out and "Re-measured rows: 10 interleaved rounds" in out
     assert "Ships as " in out and "autoopt export --study cli" in out  # the format the winner ships as
     # the winner the CLI prints is the run MLflow tags, with the figure it printed
     import re
