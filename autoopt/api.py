@@ -126,11 +126,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
 
     pipeline, opts = _options(pipeline, config, options, keywords)
     pipe = load_pipeline(pipeline)
-    name = opts.study or f"{pipe.name}{'-train' if opts.task == 'train' else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if opts.export is not None:  # the bundle is written at the end: find out now that it can be
-        from .bundle import check_out
-
-        check_out(_bundle_dir(opts, name))
+    name = _study_name(pipe, opts)
     uri, store = resolve_store(opts.tracking_uri)
     check_reachable(uri)
     storage = open_storage(opts.storage, store)
@@ -168,6 +164,16 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     if opts.export is not None and not interrupted:
         _export_winner(result, opts, pipe)
     return result
+
+
+def _study_name(pipe: Pipeline, opts: SearchOptions) -> str:
+    """The study's name; with --export, its bundle directory is checked writable now, not after the search."""
+    name = opts.study or f"{pipe.name}{'-train' if opts.task == 'train' else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if opts.export is not None:
+        from .bundle import check_out
+
+        check_out(_bundle_dir(opts, name))
+    return name
 
 
 def _options(pipeline, config, options: SearchOptions | None, keywords: dict):

@@ -26,6 +26,9 @@ class Budget:
         import threading
 
         self.before_ask: Callable[[], None] = lambda: None
+        # Draws the new trial's configuration while the lock is held: a parallel job that asks next sees it
+        # as a running trial with all its values, and never draws the same one (sampler: running trials count).
+        self.prepare: Callable[[object], object] = lambda trial: None
         self.recover: Callable[[], None] = lambda: None  # abandoned trials of other processes, checked each beat
         self.study, self.n_trials, self.timeout_s, self.patience = study, n_trials, timeout_s, patience
         self.started = time.monotonic()
@@ -49,6 +52,7 @@ class Budget:
                 return None
             self.before_ask()
             trial = self.study.ask()
+            self.prepare(trial)
             now = time.time()
             trial.set_user_attr("owner", {"host": host_id(), "pid": os.getpid(), "since": now})
             trial.set_user_attr("heartbeat", now)

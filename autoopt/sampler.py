@@ -28,6 +28,20 @@ def _has_values(config: dict, values: dict) -> bool:
     return all(config.get(k) == v for k, v in values.items())
 
 
+def taken(trials, n_knobs: int, but: int | None = None) -> list[dict]:
+    """The configurations of finished trials, of trials running in parallel (--jobs, other machines) and
+    of trials enqueued to run next (warm start): no two jobs measure one configuration."""
+    out = []
+    for t in trials:
+        if t.number == but:
+            continue
+        if t.state.is_finished() or (t.state.name == "RUNNING" and len(t.params) == n_knobs):
+            out.append(t.params)
+        elif t.state.name == "WAITING" and "fixed_params" in t.system_attrs:
+            out.append(t.system_attrs["fixed_params"])
+    return out
+
+
 class ValidConfigSampler(BaseSampler):
     def __init__(self, inner: BaseSampler, distributions: dict, conflict: Callable[[dict], str | None],
                  canonical: Callable[[dict], dict] = dict, in_scope: Callable[[dict, dict], bool] | None = None,
@@ -54,10 +68,7 @@ class ValidConfigSampler(BaseSampler):
         trial = study._storage.get_trial(trial._trial_id)
         trials = study.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state.is_finished()]
-        # Trials running in parallel (--jobs, other machines) count as seen: no two jobs measure one config.
-        seen = [self.canonical(t.params) for t in trials
-                if t.state.is_finished() or (t.state.name == "RUNNING" and t.number != trial.number
-                                                 and len(t.params) == len(self.distributions))]
+        seen = [self.canonical(c) for c in taken(trials, len(self.distributions), but=trial.number)]
         scopes = [t.user_attrs["pruned_scope"] for t in finished if t.user_attrs.get("pruned_scope")]
         curves = self._curves(finished)
 
@@ -228,7 +239,11 @@ class WarmStart:
         if self.targets.latency_ms is not None and p95:
             per_sample_ms = p95 / reference.params.get("batch_size", 1)
             max_batch = self.targets.latency_ms / per_sample_ms * WARM_START_SPEEDUP
+        from . import knobs
         from .machine import search_features
 
+        trials = self.study.get_trials(deepcopy=False)
+        seen = [knobs.canonical(c) for c in taken(trials, len(self.space.domains))]
         for config in self.space.warm_start(self.device, max_batch, search_features(self.device)):
-            self.study.enqueue_trial(config, user_attrs={"warm_start": True})
+            if knobs.canonical(config) not in seen:  # a parallel job drew it meanwhile
+                self.study.enqueue_trial(config, user_attrs={"warm_start": True})

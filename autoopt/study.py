@@ -83,6 +83,7 @@ def run(
         study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
     budget = Budget(study, n_trials, timeout_s, patience)
     budget.recover = lambda: _recover_abandoned(study, storage, listeners)
+    budget.prepare = space.suggest
     if fresh and warm_start:  # a resumed study already has what these would teach
         budget.before_ask = WarmStart(study, space, device, targets)
     finished_before = [r for r in records(study) if r.state != TrialState.RUNNING and r.reason != ABANDONED]

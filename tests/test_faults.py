@@ -44,7 +44,7 @@ def test_crash_exception_hang_and_memory_hog_end_their_trials_and_the_search_goe
     path = write_file("faulty.py", FAULTY)
     space = write_file("space.yaml", "batch_size: [1, 3, 4, 8, 12, 16]\n")
     result = autoopt.search(path, space=space, trials=6, seed=0, tracking_uri=str(tmp_path), min_time="0.05s",
-                            trial_timeout="15s", target_memory="200MB", screen=False)
+                            trial_timeout="15s", target_memory="200MB", memory_basis="growth", screen=False)
     by_batch = {t.config["batch_size"]: t for t in result.trials}
     assert sorted(by_batch) == [1, 3, 4, 8, 12, 16]  # every configuration once: none retried
     assert by_batch[3].state == "FAILED" and by_batch[3].reason == "crashed: SIGABRT"
