@@ -117,7 +117,8 @@ class Progress:
                 what = (f"step p95 {m['latency_ms_p95']:.1f} ms  {m['throughput']:,.0f} samples/s  "
                         f"mem {m['peak_memory_mb']:.1f} MB  loss dev {m['accuracy_drop']:.4f} grad cos {m['grad_cosine']:.4f}")
             else:
-                what = (f"p95 {m['latency_ms_p95']:.2f} ms  {m['throughput']:,.0f}/s  mem {m['peak_memory_mb']:.1f} MB  "
+                serving = f"serving {m['serving_rss_mb']:,.0f} MB  " if m.get("serving_rss_mb") else ""
+                what = (f"p95 {m['latency_ms_p95']:.2f} ms  {m['throughput']:,.0f}/s  {serving}mem {m['peak_memory_mb']:.1f} MB  "
                         f"acc {m['accuracy']:.4f} (drop {m['accuracy_drop']:+.4f})")
             note = f"  [yellow]note: {escape(record.reason)}[/]" if record.reason else ""
             line = f"{escape(head)}  {what}  {mark}{reused}{took}{note}"

@@ -36,13 +36,17 @@ def test_a_log_gets_one_line_per_trial_with_its_place_the_new_best_and_the_time_
     for number, throughput, feasible in ((1, 80.0, True), (2, 500.0, False), (3, 60.0, True)):
         progress.trial_started(record(number, throughput))
         now[0] += 10.0
-        progress.trial_finished(record(number, throughput, feasible))
+        done = record(number, throughput, feasible)
+        if number == 3:  # measured serving (a memory target on the serving basis)
+            done.metrics["serving_rss_mb"] = 257.4
+        progress.trial_finished(done)
     progress.search_finished()
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[2/4] #1   batch_size=8  p95 1.00 ms  80/s") and "feasible new best" in lines[0]
     assert lines[0].endswith("~0:20 left")  # 10 s a trial here, 2 to go
     assert lines[1].startswith("[3/4] #2 ") and "infeasible" in lines[1] and "new best" not in lines[1]
     assert lines[2].startswith("[4/4] #3 ") and "left" not in lines[2]  # the last one: nothing left
+    assert "60/s  serving 257 MB  mem 2.0 MB" in lines[2] and "serving" not in lines[0]
     assert progress.best == (80.0, 1) and "best 80/s (#1)" in progress.status()
 
 

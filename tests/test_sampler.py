@@ -40,3 +40,30 @@ def test_skips_the_scope_of_a_build_time_failure():
         params = {name: t.suggest_categorical(name, dist.choices) for name, dist in dists.items()}
         assert (params["q"], params["rt"]) != ("static", "eager")
         study.tell(t, 1.0)
+
+
+def test_running_and_enqueued_trials_count_as_taken():
+    """Two jobs of one study: a configuration another job runs, or one enqueued to run next (the warm
+    start), is never drawn again."""
+    dists = {"a": CategoricalDistribution([0, 1, 2])}
+    for seed in range(8):
+        study = optuna.create_study(sampler=ValidConfigSampler(optuna.samplers.RandomSampler(seed=seed), dists,
+                                                               lambda c: None, seed=seed))
+        running = study.ask()
+        running.suggest_categorical("a", [0, 1, 2])  # drawn, not finished: another job's trial
+        study.enqueue_trial({"a": 2 if running.params["a"] != 2 else 1})
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[0]
+        left = ({0, 1, 2} - {running.params["a"], waiting.system_attrs["fixed_params"]["a"]}).pop()
+        third = optuna.Trial(study, study._storage.create_new_trial(study._study_id))  # ask() pops the enqueued
+        assert third.suggest_categorical("a", [0, 1, 2]) == left
+
+
+def test_the_budget_draws_each_configuration_before_another_job_asks():
+    from autoopt.budget import Budget
+
+    study = optuna.create_study()
+    budget = Budget(study, n_trials=5, timeout_s=None)
+    drawn = []
+    budget.prepare = lambda trial: drawn.append((budget.lock.locked(), trial.number))
+    trial = budget.ask()
+    assert drawn == [(True, trial.number)]
