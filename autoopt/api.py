@@ -181,10 +181,19 @@ def _options(pipeline, config, options: SearchOptions | None, keywords: dict):
     if options is not None and (keywords or config is not None):
         given = sorted(keywords) + (["config"] if config is not None else [])
         raise ConfigError(f"search() takes options= or keywords and config=, not both. Got options= and {given}.")
-    if options is not None:
-        return pipeline, options
-    pipeline, keywords = merge(config, pipeline, keywords)
-    return pipeline, SearchOptions.parse(**keywords)
+    if options is None:
+        pipeline, keywords = merge(config, pipeline, keywords)
+        options = SearchOptions.parse(**keywords)
+    return _bring(pipeline, options), options
+
+
+def _bring(pipeline, opts: SearchOptions):
+    """A model brought as hf:PATH, as its pipeline file (sources/); the settings only such a model reads, checked."""
+    from .sources import check_settings, is_source, pipeline_file
+
+    settings = {"texts": opts.texts, "seq_len": opts.seq_len, "labels": opts.labels, "save_pipeline": opts.save_pipeline}
+    check_settings(pipeline, settings)
+    return pipeline_file(pipeline, settings, opts.save_pipeline) if is_source(pipeline) else pipeline
 
 
 def plan(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str | os.PathLike | None = None,

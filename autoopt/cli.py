@@ -28,8 +28,8 @@ def _fail(exc: AutoOptError) -> None:
 @app.command()
 def search(
     ctx: typer.Context,
-    pipeline: Optional[str] = typer.Argument(None, help="Pipeline file or bundled name (default: the config's, "
-                                                        "else digits_cnn)."),
+    pipeline: Optional[str] = typer.Argument(None, help="Pipeline file, bundled name, or hf:PATH (a Hugging Face "
+                                                        "model; default: the config's, else digits_cnn)."),
     config: Optional[str] = typer.Option(None, help="A YAML file of search options: targets, space, options "
                                                     "(the flags given override it)."),
     target_latency: Optional[str] = typer.Option(None, help="p95 latency bound of one batch call: 100ms, 0.1s, 250us."),
@@ -70,6 +70,10 @@ def search(
                                                              "a better feasible one."),
     screen: bool = typer.Option(True, help="Time each trial briefly first; one far below the best so far stops there "
                                            "(--no-screen times every trial fully)."),
+    texts: Optional[str] = typer.Option(None, help="hf:PATH: a text file, one input a line (default: built-in sentences)."),
+    seq_len: Optional[int] = typer.Option(None, help="hf:PATH: tokens a text is padded to (default: the longest text's)."),
+    labels: Optional[str] = typer.Option(None, help="hf:PATH classifier: true labels, one a line for each text."),
+    save_pipeline: Optional[str] = typer.Option(None, help="hf:PATH: write the pipeline file built for it here."),
     dry_run: bool = typer.Option(False, help="Print the resolved space, its distinct configurations, the warm start "
                                              "and the budget, and exit without running a trial."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout (progress goes to stderr)."),
@@ -115,6 +119,7 @@ SEARCH_PANELS = {
                "screen", "patience", "remeasure_top", "dry_run"),
     "Execution": ("device", "trial_timeout", "min_time", "jobs", "fresh_workers"),
     "Storage": ("tracking_uri", "storage"),
+    "Model brought as hf:PATH": ("texts", "seq_len", "labels", "save_pipeline"),
     "Export and output": ("export", "out", "register", "json_out"),
 }
 CHOICES = {"device": "[auto|cpu|cuda]", "memory_basis": "[serving|growth]",

@@ -26,7 +26,8 @@ DEFAULTS = {
     "timeout": None, "seed": None, "study": None, "tracking_uri": None, "storage": None, "device": "auto",
     "trial_timeout": "10m", "min_time": "1s", "export": None, "out": None, "register": None, "task": "infer",
     "remeasure_top": 3, "sampler": "tpe", "warm_start": True, "jobs": 1, "fresh_workers": False,
-    "early_stop": True, "patience": None, "screen": True,
+    "early_stop": True, "patience": None, "screen": True, "texts": None, "seq_len": None, "labels": None,
+    "save_pipeline": None,
 }
 
 
@@ -64,6 +65,10 @@ class SearchOptions:
     early_stop: a trial already past the latency target stops there (PRUNED, accuracy not checked).
     patience: end the search after this many finished trials without a better feasible one (None: off).
     screen: time a trial briefly first and stop one far below the best feasible trial so far (runner.SCREEN_SHARE).
+    texts / seq_len / labels: a model brought as "hf:PATH" (sources/): its texts (a file, one a line; default:
+        built-in sentences), the padded length in tokens (default: the longest text's) and, for a classifier, a
+        file of true labels (default metric: agreement with the original model).
+    save_pipeline: write the pipeline file built for "hf:PATH" there (running it repeats the search).
     """
 
     targets: Targets
@@ -89,6 +94,10 @@ class SearchOptions:
     early_stop: bool
     patience: int | None = None
     screen: bool = True
+    texts: str | os.PathLike | None = None
+    seq_len: int | None = None
+    labels: str | os.PathLike | None = None
+    save_pipeline: str | os.PathLike | None = None
 
     @classmethod
     def parse(cls, **raw) -> "SearchOptions":
@@ -103,8 +112,9 @@ class SearchOptions:
         for name in ("trials", "jobs"):
             _whole(v[name], name, minimum=1)
         _whole(v["remeasure_top"], "remeasure_top", minimum=0)
-        if v["patience"] is not None:
-            _whole(v["patience"], "patience", minimum=1)
+        for name in ("patience", "seq_len"):
+            if v[name] is not None:
+                _whole(v[name], name, minimum=1)
         if v["seed"] is not None:
             _whole(v["seed"], "seed", minimum=0, maximum=2**32 - 1)  # what numpy's generators take
         for name in ("out", "register"):
@@ -143,13 +153,17 @@ class SearchOptions:
             register=v["register"], task=v["task"], remeasure_top=v["remeasure_top"], sampler=v["sampler"],
             warm_start=bool(v["warm_start"]) and v["sampler"] != "grid",  # the grid visits every combination anyway
             jobs=v["jobs"], fresh_workers=bool(v["fresh_workers"]), early_stop=bool(v["early_stop"]),
-            patience=v["patience"], screen=bool(v["screen"]),
+            patience=v["patience"], screen=bool(v["screen"]), texts=v["texts"], seq_len=v["seq_len"],
+            labels=v["labels"], save_pipeline=v["save_pipeline"],
         )
 
     def as_keywords(self) -> dict:
         """The keywords that `parse` turns into these options (every option: defaults included)."""
         def unit(value, suffix):
             return None if value is None else f"{value:.10g}{suffix}"
+
+        def path(value):
+            return None if value is None else os.fspath(value)
 
         t = self.targets
         return {
@@ -164,7 +178,8 @@ class SearchOptions:
             "out": None if self.out is None else os.fspath(self.out), "register": self.register, "task": self.task,
             "remeasure_top": self.remeasure_top, "sampler": self.sampler, "warm_start": self.warm_start,
             "jobs": self.jobs, "fresh_workers": self.fresh_workers, "early_stop": self.early_stop,
-            "patience": self.patience, "screen": self.screen,
+            "patience": self.patience, "screen": self.screen, "texts": path(self.texts), "seq_len": self.seq_len,
+            "labels": path(self.labels), "save_pipeline": path(self.save_pipeline),
         }
 
 

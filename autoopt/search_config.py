@@ -97,6 +97,8 @@ def to_yaml(pipeline_source: str | None, opts: SearchOptions, study_name: str) -
 
     keywords = opts.as_keywords()
     keywords.pop("study")
+    for name in ("texts", "seq_len", "labels", "save_pipeline"):  # a brought model's: baked into its pipeline file
+        keywords.pop(name)
     keywords["space"] = _space_entry(keywords["space"], opts.task)
     head = (f"# The options of study {study_name} (autoopt {__version__}).\n"
             f"# Repeat it as a new study: autoopt search --config {FILE_NAME}\n")
