@@ -56,6 +56,8 @@ def test_hf_encoder_searches_exports_a_verified_bundle_and_saves_its_pipeline(tm
     assert done.exit_code == 0, done.output
     manifest = json.loads((tmp_path / "b" / "autoopt.json").read_text())
     assert manifest["format"] == "onnx" and manifest["verification"]["accuracy"] > 0.99
+    assert manifest["padding"]["mask"] == "attention_mask"  # how a server must pad, said in the bundle
+    assert manifest["padding"]["sequence_axis"] == "fixed: every input padded to 9 positions, as timed"
     text = saved.read_text()
     assert f"MODEL_DIR = {str(model)!r}" in text and "TASK = 'encode'" in text and "SEQ_LEN = 9" in text
     # The saved file is a pipeline like any other: the same search runs from it.
