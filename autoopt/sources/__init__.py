@@ -26,7 +26,8 @@ def check_settings(ref, settings: dict) -> None:
     """A setting given for a pipeline file, which makes its own inputs, is a mistake worth one line."""
     given = [name for name in CHECKED if settings.get(name) is not None]
     if given and not is_source(ref):
-        raise ConfigError(f"{option(given[0])} belongs to a model brought as hf:PATH; the pipeline {ref or 'digits_cnn'} "
+        name = getattr(ref, "name", ref) or "digits_cnn"  # a file, a bundled name, or an in-memory Pipeline
+        raise ConfigError(f"{option(given[0])} belongs to a model brought as hf:PATH; the pipeline {name} "
                           "makes its own inputs. Drop it, or give hf:PATH.")
 
 
@@ -35,11 +36,11 @@ def pipeline_file(ref: str, settings: dict, save: str | os.PathLike | None = Non
     its text, so a repeated search reuses it)."""
     from . import hf
 
+    if save is not None and Path(save).suffix != ".py":  # before loading the model: a typo costs nothing
+        raise ConfigError(f"{option('save_pipeline', str(save))}: expected a .py file name. Got {Path(save).name!r}.")
     text = hf.pipeline_text(ref[len(PREFIX):], **{k: settings.get(k) for k in SETTINGS})
     if save is not None:
         path = Path(save).expanduser()
-        if path.suffix != ".py":
-            raise ConfigError(f"{option('save_pipeline', str(save))}: expected a .py file name. Got {path.name!r}.")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
@@ -50,6 +51,8 @@ def pipeline_file(ref: str, settings: dict, save: str | os.PathLike | None = Non
     from ..cache import cache_dir
 
     path = Path(cache_dir("pipelines")) / f"hf_{hashlib.sha1(text.encode()).hexdigest()[:12]}.py"
-    if not path.exists():
-        path.write_text(text)
+    if not path.exists():  # written whole, then renamed: a concurrent search never loads half a file
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text)
+        os.replace(partial, path)
     return path
