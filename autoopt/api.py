@@ -188,10 +188,11 @@ def _options(pipeline, config, options: SearchOptions | None, keywords: dict):
 
 
 def _bring(pipeline, opts: SearchOptions):
-    """A model brought as hf:PATH, as its pipeline file (sources/); the settings only such a model reads, checked."""
-    from .sources import check_settings, is_source, pipeline_file
+    """A model brought as hf:PATH, FILE.pt2 or FILE.pt, as its pipeline file (sources/); the settings only such a
+    model reads, checked."""
+    from .sources import CHECKED, check_settings, is_source, pipeline_file
 
-    settings = {"texts": opts.texts, "seq_len": opts.seq_len, "labels": opts.labels, "save_pipeline": opts.save_pipeline}
+    settings = {name: getattr(opts, name) for name in CHECKED}
     check_settings(pipeline, settings)
     return pipeline_file(pipeline, settings, opts.save_pipeline) if is_source(pipeline) else pipeline
 
@@ -226,12 +227,14 @@ def _resolve_space(pipe, opts: SearchOptions):
     from .pipeline import check_training
     from .runtimes import FORMATS
     from .padding import find
+    from .programs import fit_space as fit_program
     from .space import SPACES_DIR, fit_checkpointing, fit_pipeline, load_space
 
     space = load_space(opts.space, opts.device, opts.task)
     for note in space.notes:
         log.warning(note)
     fit_pipeline(space, pipe, explicit=Path(space.source).parent != SPACES_DIR)
+    fit_program(space, pipe, opts.device, opts.task)
     if opts.task == "infer" and (found := find(pipe)) is not None:
         log.info("Inputs: %s.", found.describe())
     if opts.export is not None:  # the reference stays eager; every sampled trial runs what the format ships

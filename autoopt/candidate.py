@@ -56,8 +56,9 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     """Model-level knobs, then the runtime's prepare: (runtime, Prepared, context, build seconds).
     `accuracy_floor`: the lowest metric within the drop (int8_layers=auto); `float_layers`: the int8 layers
     to leave in float as given (an export ships the trial's own) instead of choosing them again."""
-    from . import knobs, runtimes
+    from . import knobs, programs, runtimes
 
+    programs.check_build(pipeline, config)  # a saved program: before any work
     runtime = runtimes.get(config["compile_mode"])
     ctx = runtimes.BuildContext(
         device=device, threads=threads, workdir=workdir, example_inputs=pipeline.make_inputs(2),

@@ -28,8 +28,8 @@ def _fail(exc: AutoOptError) -> None:
 @app.command()
 def search(
     ctx: typer.Context,
-    pipeline: Optional[str] = typer.Argument(None, help="Pipeline file, bundled name, or hf:PATH (a Hugging Face "
-                                                        "model; default: the config's, else digits_cnn)."),
+    pipeline: Optional[str] = typer.Argument(None, help="Pipeline file, bundled name, hf:PATH (a Hugging Face model), "
+                                                        "FILE.pt2 or FILE.pt (default: the config's, else digits_cnn)."),
     config: Optional[str] = typer.Option(None, help="A YAML file of search options: targets, space, options "
                                                     "(the flags given override it)."),
     target_latency: Optional[str] = typer.Option(None, help="p95 latency bound of one batch call: 100ms, 0.1s, 250us."),
@@ -73,7 +73,9 @@ def search(
     texts: Optional[str] = typer.Option(None, help="hf:PATH: a text file, one input a line (default: built-in sentences)."),
     seq_len: Optional[int] = typer.Option(None, help="hf:PATH: tokens a text is padded to (default: the longest text's)."),
     labels: Optional[str] = typer.Option(None, help="hf:PATH classifier: true labels, one a line for each text."),
-    save_pipeline: Optional[str] = typer.Option(None, help="hf:PATH: write the pipeline file built for it here."),
+    input_shape: Optional[str] = typer.Option(None, help="FILE.pt2/.pt: one sample's shape, no batch axis: 3x224x224[,16]."),
+    input_dtype: Optional[str] = typer.Option(None, help="FILE.pt2/.pt: input dtype(s): float32, int64[,...]."),
+    save_pipeline: Optional[str] = typer.Option(None, help="Write the pipeline file built for a brought model here."),
     dry_run: bool = typer.Option(False, help="Print the resolved space, its distinct configurations, the warm start "
                                              "and the budget, and exit without running a trial."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout (progress goes to stderr)."),
@@ -119,7 +121,7 @@ SEARCH_PANELS = {
                "screen", "patience", "remeasure_top", "dry_run"),
     "Execution": ("device", "trial_timeout", "min_time", "jobs", "fresh_workers"),
     "Storage": ("tracking_uri", "storage"),
-    "Model brought as hf:PATH": ("texts", "seq_len", "labels", "save_pipeline"),
+    "Brought model (hf:PATH, FILE.pt2/.pt)": ("texts", "seq_len", "labels", "input_shape", "input_dtype", "save_pipeline"),
     "Export and output": ("export", "out", "register", "json_out"),
 }
 CHOICES = {"device": "[auto|cpu|cuda]", "memory_basis": "[serving|growth]",
@@ -270,9 +272,9 @@ def ui(
     study: Optional[str] = typer.Option(None, help="Open this study's trials (default: the latest study)."),
 ) -> None:
     """Start the MLflow UI on the store, bound to 127.0.0.1, and print the URL of the study's trials."""
-    from . import tracking
-
     import signal
+
+    from . import tracking
 
     uri, _ = tracking.resolve_store(tracking_uri)
     base = f"http://127.0.0.1:{port}"

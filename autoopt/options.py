@@ -27,7 +27,7 @@ DEFAULTS = {
     "trial_timeout": "10m", "min_time": "1s", "export": None, "out": None, "register": None, "task": "infer",
     "remeasure_top": 3, "sampler": "tpe", "warm_start": True, "jobs": 1, "fresh_workers": False,
     "early_stop": True, "patience": None, "screen": True, "texts": None, "seq_len": None, "labels": None,
-    "save_pipeline": None,
+    "input_shape": None, "input_dtype": None, "save_pipeline": None,
 }
 
 
@@ -68,7 +68,9 @@ class SearchOptions:
     texts / seq_len / labels: a model brought as "hf:PATH" (sources/): its texts (a file, one a line; default:
         built-in sentences), the padded length in tokens (default: the longest text's) and, for a classifier, a
         file of true labels (default metric: agreement with the original model).
-    save_pipeline: write the pipeline file built for "hf:PATH" there (running it repeats the search).
+    input_shape / input_dtype: a model brought as "FILE.pt2" or "FILE.pt" (sources/): one sample's shape without
+        the batch axis ("3x224x224"; several inputs: "3x224x224,16") and dtypes (default: a .pt2's example inputs).
+    save_pipeline: write the pipeline file built for a brought model there (running it repeats the search).
     """
 
     targets: Targets
@@ -97,6 +99,8 @@ class SearchOptions:
     texts: str | os.PathLike | None = None
     seq_len: int | None = None
     labels: str | os.PathLike | None = None
+    input_shape: str | None = None
+    input_dtype: str | None = None
     save_pipeline: str | os.PathLike | None = None
 
     @classmethod
@@ -154,7 +158,8 @@ class SearchOptions:
             warm_start=bool(v["warm_start"]) and v["sampler"] != "grid",  # the grid visits every combination anyway
             jobs=v["jobs"], fresh_workers=bool(v["fresh_workers"]), early_stop=bool(v["early_stop"]),
             patience=v["patience"], screen=bool(v["screen"]), texts=v["texts"], seq_len=v["seq_len"],
-            labels=v["labels"], save_pipeline=v["save_pipeline"],
+            labels=v["labels"], input_shape=v["input_shape"], input_dtype=v["input_dtype"],
+            save_pipeline=v["save_pipeline"],
         )
 
     def as_keywords(self) -> dict:
@@ -179,7 +184,8 @@ class SearchOptions:
             "remeasure_top": self.remeasure_top, "sampler": self.sampler, "warm_start": self.warm_start,
             "jobs": self.jobs, "fresh_workers": self.fresh_workers, "early_stop": self.early_stop,
             "patience": self.patience, "screen": self.screen, "texts": path(self.texts), "seq_len": self.seq_len,
-            "labels": path(self.labels), "save_pipeline": path(self.save_pipeline),
+            "labels": path(self.labels), "input_shape": self.input_shape, "input_dtype": self.input_dtype,
+            "save_pipeline": path(self.save_pipeline),
         }
 
 

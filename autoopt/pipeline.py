@@ -35,6 +35,9 @@ class Pipeline:
         batches; False: none.
     padded_inputs: the inputs that mask pads (names or positions); None: every input with the mask's batch
         and sequence axes.
+    model_form: "module" (an nn.Module), or the saved program build_model returns: "exported" (a torch.export
+        program's module) or "scripted" (TorchScript); knobs and runtimes that cannot change a program are
+        dropped from the space (autoopt.programs). `autoopt search FILE.pt2 / FILE.pt` writes it.
 
     For the training task (`autoopt search --task train`):
     make_batch: (batch_size) -> tuple, one training batch: the model's inputs (as make_inputs gives
@@ -58,6 +61,7 @@ class Pipeline:
     make_optimizer: Callable[[Any], Any] | None = None
     padding_mask: str | int | bool | None = None
     padded_inputs: tuple | list | None = None
+    model_form: str = "module"
     source: str | None = field(default=None, compare=False)  # the file it was loaded from
 
     def __post_init__(self) -> None:
@@ -87,6 +91,9 @@ class Pipeline:
             raise PipelineError(f"{where}: Pipeline 'padded_inputs' must be a list of input names or positions, given "
                                 f"with padding_mask. Got padded_inputs={self.padded_inputs!r}, "
                                 f"padding_mask={self.padding_mask!r}.")
+        if self.model_form not in ("module", "exported", "scripted"):
+            raise PipelineError(f"{where}: Pipeline 'model_form' must be one of ['module', 'exported', 'scripted']. "
+                                f"Got {self.model_form!r}.")
 
     def reference_model(self):
         return (self.build_reference or self.build_model)()

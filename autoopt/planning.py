@@ -78,7 +78,7 @@ def count_distinct(space, device: str) -> tuple[float, list[str]]:
         config = {**reference, **dict(zip(names, combo))}
         if any(config.get(k) != v for k, v in space.required.items()) and config != reference:
             continue
-        if knobs.conflict(config, device):
+        if space.conflict(config, device):
             continue
         seen.add(tuple(sorted(knobs.canonical(config).items(), key=lambda kv: kv[0])))
     total = float(len(seen))

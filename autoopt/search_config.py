@@ -94,10 +94,11 @@ def to_yaml(pipeline_source: str | None, opts: SearchOptions, study_name: str) -
     """The options a search ran with (every one, defaults included, the device resolved), as a config
     file that repeats it as a new study: no `study` key; a space file inlined so the file stands alone."""
     from . import __version__
+    from .sources import CHECKED
 
     keywords = opts.as_keywords()
     keywords.pop("study")
-    for name in ("texts", "seq_len", "labels", "save_pipeline"):  # a brought model's: baked into its pipeline file
+    for name in CHECKED:  # a brought model's: baked into its pipeline file
         keywords.pop(name)
     keywords["space"] = _space_entry(keywords["space"], opts.task)
     head = (f"# The options of study {study_name} (autoopt {__version__}).\n"

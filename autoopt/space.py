@@ -67,6 +67,13 @@ class Space:
     notes: list[str] = field(default_factory=list)  # values dropped or added at load, for the user
     task: str = "infer"
     required: dict = field(default_factory=dict)  # knob values every sampled (not enqueued) trial must have
+    model_form: str = "module"  # a saved program's form (autoopt.programs.fit_space), for conflict()
+
+    def conflict(self, config: dict, device: str) -> str | None:
+        """Why this combination cannot work here (knobs.conflict), or cannot change this space's saved program."""
+        from .programs import conflict
+
+        return knobs.conflict(config, device) or conflict(self.model_form, config)
 
     def distributions(self) -> dict:
         return {name: domain.distribution() for name, domain in self.domains.items()}
@@ -89,10 +96,10 @@ class Space:
             for name, knob in knobs.REGISTRY.items():
                 if (knob.warm_value is not None and name not in seed and name in self.domains
                         and self.domains[name].contains(knob.warm_value)
-                        and not knobs.conflict({**config, name: knob.warm_value}, device)):
+                        and not self.conflict({**config, name: knob.warm_value}, device)):
                     config[name] = knob.warm_value
             if (all(name in self.domains and self.domains[name].contains(value) for name, value in seed.items())
-                    and not knobs.conflict(config, device) and config not in out):
+                    and not self.conflict(config, device) and config not in out):
                 out.append(config)
         return out
 

@@ -33,7 +33,7 @@ def open_study(name: str, storage, seed: int | None, space, device: str, sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = ValidConfigSampler(
-        make_sampler(sampler, seed, space), space.distributions(), lambda c: knobs.conflict(c, device),
+        make_sampler(sampler, seed, space), space.distributions(), lambda c: space.conflict(c, device),
         knobs.canonical, knobs.in_scope, seed=seed, required=space.required,
         target_latency_ms=None if sampler == "grid" else target_latency_ms,  # the grid visits every combination
         climb=sampler in ("tpe", "gp"),  # local steps from the best trial; random and grid stay what they say
@@ -146,7 +146,7 @@ def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, lis
     if record.run_id:
         trial.set_user_attr("mlflow_run_id", record.run_id)
     try:
-        result = _outcome(study, trial, config, device, evaluate, record)
+        result = _outcome(study, trial, config, space.conflict(config, device), evaluate, record)
     except KeyboardInterrupt:
         record.state, record.reason = TrialState.FAILED, INTERRUPTED
         trial.set_user_attr("reason", INTERRUPTED)
@@ -157,10 +157,9 @@ def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, lis
     _notify(listeners, "trial_finished", record)
 
 
-def _outcome(study, trial, config: dict, device: str, evaluate, record: TrialRecord) -> TrialResult:
-    """The trial's result: pruned for a conflict or an earlier failure that covers it, an earlier
+def _outcome(study, trial, config: dict, reason: str | None, evaluate, record: TrialRecord) -> TrialResult:
+    """The trial's result: pruned for a conflict (`reason`) or an earlier failure that covers it, an earlier
     identical measurement reused, or else evaluated in a worker."""
-    reason = knobs.conflict(config, device)
     if reason:
         return TrialResult.pruned(reason)
     failed_before = _within_pruned_scope(study, config)

@@ -58,6 +58,31 @@ def _threads(variant: dict) -> None:
         torch.set_num_threads(variant["threads"])
 
 
+def measured_rows(variants: list[dict], timed: dict[int, dict], batch: int, score: Callable) -> list[dict]:
+    """A row per variant: its name, what it chose, time_interleaved's figures, samples/s and score(predict)."""
+    rows = []
+    for i, v in enumerate(variants):
+        row = {"name": v["name"], "chose": v.get("chose"), **timed[i]}
+        if "p50_ms" in row:
+            row.update(throughput=batch / (row["p50_ms"] / 1e3), accuracy=score(v["predict"]))
+        rows.append(row)
+    return rows
+
+
+def print_rows(rows: list[dict], columns: dict[str, Callable[[dict], str]], width: int = 40) -> None:
+    """A variant a line: its name, then `columns` (title -> the row's cell); what it chose below it; a failed one's error."""
+    sizes = [max(8, len(title)) for title in columns]
+    head = f"{'runtime':<{width}} " + " ".join(f"{title:>{size}}" for title, size in zip(columns, sizes))
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        if "throughput" not in r:
+            print(f"{r['name']:<{width}} failed: {r['error']}")
+            continue
+        print(f"{r['name']:<{width}} " + " ".join(f"{cell(r):>{size}}" for cell, size in zip(columns.values(), sizes)))
+        if r.get("chose"):
+            print(f"    ({', '.join(f'{k}={v}' for k, v in r['chose'].items())})")
+
+
 def report(name: str, results: list[dict], print_table: Callable[[dict], None], **extra) -> None:
     """Print the CPU and a table per result; write them, the machine and `extra` to results/<name>.json."""
     print(f"\nCPU: {cpu_description()}")

@@ -37,7 +37,7 @@ from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import onnxruntime as ort_runtime
 from autoopt.runtimes import openvino as ov_runtime
 from autoopt.runtimes.base import flattened, torch_predictor
-from common import report, time_interleaved
+from common import measured_rows, print_rows, report, time_interleaved
 
 
 def search(name: str, args) -> dict:
@@ -106,13 +106,7 @@ def run(name: str, args) -> dict:
         variants = [winner_variant(pipeline, winner["config"], workdir)] + plain_variants(pipeline, workdir)
         timed = time_interleaved(variants, pipeline.make_inputs(batch), args.rounds)
         torch.set_num_threads(knobs.REGISTRY["threads"].baseline)
-        rows = []
-        for i, v in enumerate(variants):
-            row = {"name": v["name"], "chose": v.get("chose"), **timed[i]}
-            if "p50_ms" in row:
-                row["throughput"] = batch / (row["p50_ms"] / 1e3)
-                row["accuracy"] = candidate_accuracy(pipeline, v["predict"])
-            rows.append(row)
+        rows = measured_rows(variants, timed, batch, lambda predict: candidate_accuracy(pipeline, predict))
     reference_accuracy = rows[1].get("accuracy")  # eager fp32: the model itself
     best_plain = max((r for r in rows[1:] if "throughput" in r), key=lambda r: r["throughput"])
     for r in rows:
@@ -131,16 +125,10 @@ def print_table(result: dict) -> None:
     s = result["search"]
     print(f"\n{result['pipeline']} at batch {result['batch_size']} (search: {s['wall_s']:.0f} s, {s['complete']} complete, "
           f"{s['pruned']} pruned; timed interleaved in one run)")
-    head = f"{'runtime':<40} {'p50 ms':>8} {'p95 ms':>8} {'samples/s':>10} {'vs best plain':>13} {'drop':>8}"
-    print(head + "\n" + "-" * len(head))
-    for r in result["rows"]:
-        if "throughput" not in r:
-            print(f"{r['name']:<40} failed: {r['error']}")
-            continue
-        print(f"{r['name']:<40} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['throughput']:>10,.0f} "
-              f"{r['vs_best_plain']:>12.2f}x {r['accuracy_drop']:>+8.4f}")
-        if r["chose"]:
-            print(f"    ({', '.join(f'{k}={v}' for k, v in r['chose'].items())})")
+    print_rows(result["rows"], {"p50 ms": lambda r: f"{r['p50_ms']:.2f}", "p95 ms": lambda r: f"{r['p95_ms']:.2f}",
+                                "samples/s": lambda r: f"{r['throughput']:,.0f}",
+                                "vs best plain": lambda r: f"{r['vs_best_plain']:.2f}x",
+                                "drop": lambda r: f"{r['accuracy_drop']:+.4f}"})
     verdict = "meets" if result["winner_vs_best_plain"] >= 1.0 and result["accuracy_target_met"] else "MISSES"
     print(f"winner vs the best plain runtime ({result['best_plain']}): {result['winner_vs_best_plain']:.2f}x, accuracy "
           f"target {'met' if result['accuracy_target_met'] else 'MISSED'}: {verdict} the goal (>= 1.0x)")

@@ -43,4 +43,5 @@ KNOB = Knob(
     relevant_in={"pruning_amount": 0.5, "pruning_method": "structured"},
     apply=_apply,
     retrains=True,  # an export is compared with the distilled student; the metric check bounds the rest
+    programs=("exported",),  # trains the program's parameters (TorchScript takes no forward hooks); relevant after pruning
 )

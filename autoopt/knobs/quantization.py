@@ -165,4 +165,5 @@ KNOB = Knob(
     warm_start=(("infer", "cpu", {"quantization": "static_int8", "compile_mode": "openvino"}, ("AMX-INT8", "AVX512-VNNI")),
                 ("infer", "cpu", {"quantization": "static_int8", "compile_mode": "torchscript"}),
                 ("infer", "cpu", {"quantization": "dynamic_int8", "compile_mode": "onnxruntime"})),
+    programs=(),  # swaps nn.Linear / traces with FX; onnxruntime and openvino quantize a program's graph themselves
 )

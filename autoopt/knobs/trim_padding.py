@@ -75,4 +75,5 @@ KNOB = Knob(
     apply=_apply,
     parse=_parse,
     warm_value="on",  # the warm-start configurations run trimmed where the pipeline has a padding mask
+    programs=(),  # wraps the model's forward around its named mask input; a program pipeline declares no mask
 )

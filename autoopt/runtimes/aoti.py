@@ -21,6 +21,7 @@ from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, exp
                    torch_built, torch_predictor)
 
 REALIZES: frozenset = frozenset()
+PROGRAMS = frozenset({"exported"})  # torch.export cannot capture a TorchScript program (autoopt.programs)
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound
 
 

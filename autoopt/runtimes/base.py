@@ -51,6 +51,8 @@ class Runtime(Protocol):
     """What every runtime module provides.
 
     REALIZES: the knobs it realizes itself (their model-level `apply` is skipped).
+    PROGRAMS: the saved-program forms it builds from besides an nn.Module ("exported": a torch.export
+        program's module, "scripted": TorchScript), as measured (tests/test_programs.py).
     EXPORT: its ExportFormat when its artifact can ship, else None.
     unavailable(value, device): why this compile_mode value cannot run on this machine, or None.
     conflict(config, device): why this combination cannot work with this runtime, or None.
@@ -60,6 +62,7 @@ class Runtime(Protocol):
     """
 
     REALIZES: frozenset
+    PROGRAMS: frozenset
     EXPORT: ExportFormat | None
 
     def unavailable(self, value: str, device: str) -> str | None: ...

@@ -21,6 +21,7 @@ from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, mod
                    torch_built, torch_predictor)
 
 REALIZES: frozenset = frozenset()
+PROGRAMS = frozenset({"exported", "scripted"})  # the saved programs it builds from (autoopt.programs)
 
 
 def unavailable(value: str, device: str) -> str | None:
