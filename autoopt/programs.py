@@ -10,6 +10,7 @@ a runtime that does not realize it) is pruned at build time with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -79,8 +80,6 @@ def _conflict(form: str, config: dict) -> tuple[str, dict] | None:
 
 def _keep(space, name: str, fits, dropped: list) -> tuple:
     """Narrow knob `name`'s domain to its baseline and the values that `fits`; what went is added to `dropped`."""
-    from .space import Domain
-
     domain = space.domains.get(name)
     if domain is None:
         return ()
@@ -88,10 +87,10 @@ def _keep(space, name: str, fits, dropped: list) -> tuple:
     values = domain.choices if domain.choices is not None else (domain.low, domain.high)
     lost = [v for v in values if v != baseline and not fits(v)]
     if domain.choices is None and lost:  # a range keeps its baseline only: its ends stand for its values
-        space.domains[name] = Domain(name, choices=(baseline,))
+        space.domains[name] = dataclasses.replace(domain, choices=(baseline,), low=None, high=None, step=None, log=False)
         dropped.append(f"{name}={domain.describe()}")
     elif lost:
-        space.domains[name] = Domain(name, choices=tuple(v for v in domain.choices if v not in lost))
+        space.domains[name] = dataclasses.replace(domain, choices=tuple(v for v in domain.choices if v not in lost))
         dropped.append(f"{name}={'/'.join(map(str, lost))}")
     return space.domains[name].choices or ()
 

@@ -118,6 +118,9 @@ def test_the_space_is_fitted_to_a_program_with_one_warning_line(pipes, caplog):
                                              "program's graph")
     with pytest.raises(Unsupported, match="on torchscript rewrites nn.Module layers"):
         programs.check_build(pipes["scripted"], config)
+    ranged = load_space({"pruning_amount": {"low": 0.0, "high": 0.5}, "compile_mode": ["eager"]}, "cpu", "infer")
+    programs.fit_space(ranged, pipes["exported"], "cpu", "infer")  # a range keeps its baseline only
+    assert ranged.domains["pruning_amount"].choices == (0.0,) and ranged.domains["pruning_amount"].low is None
     exported = load_space(None, "cpu", "infer")
     programs.fit_space(exported, pipes["exported"], "cpu", "infer")
     assert "onnxruntime" in exported.domains["compile_mode"].choices
