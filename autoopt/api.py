@@ -120,7 +120,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     from .pipeline import check_pipeline, load_pipeline
     from .report import write_report
     from .runner import Runner
-    from .storage import check_resume, open_storage, search_signature, set_search_meta
+    from .storage import check_resume, storage_backend, search_signature, set_search_meta
     from .study import open_study, run
     from .tracking import Tracker, check_reachable, resolve_store
 
@@ -129,7 +129,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     name = _study_name(pipe, opts)
     uri, store = resolve_store(opts.tracking_uri)
     check_reachable(uri)
-    storage = open_storage(opts.storage, store)
+    storage = storage_backend(opts.storage, store)
     log.info("Checking pipeline %s (the first use may train or download its model)…", pipe.name)
     check_pipeline(pipe)
     space = _resolve_space(pipe, opts)

@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import knobs, verifier
-from .bundle_dir import check_out, place_files
+from .bundle_dir import EXAMPLE_INPUTS, check_out, place_files
 from .errors import AutoOptError, ConfigError, ExportError, option
 from .results import TrialState, ranked_feasible, records
 from .runtimes import FORMATS, export_format
@@ -204,7 +204,6 @@ def _write_example_inputs(bundle: Path, pipe) -> None:
     MLflow input example: a deployment can be re-timed without the pipeline."""
     import numpy as np
 
-    from .retime import EXAMPLE_INPUTS
 
     np.savez(bundle / EXAMPLE_INPUTS, *[t.detach().cpu().numpy() for t in pipe.make_inputs(EXAMPLE_ROWS)])
 

@@ -1,5 +1,5 @@
-"""The bundle directory: checked writable before any work (check_out), and filled with the runtime's
-artifact under the names its format gives them (place_files)."""
+"""The bundle directory: checked writable before any work (check_out), filled with the runtime's artifact
+under the names its format gives them (place_files), and the example inputs `autoopt bench` re-times it on."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, option
+
+EXAMPLE_INPUTS = "example_inputs.npz"  # a few rows of the pipeline's make_inputs, in input order (autoopt bench)
 
 
 def place_files(spec, artifact: str, folder: Path) -> set[Path]:

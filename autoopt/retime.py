@@ -16,9 +16,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from .bundle_dir import EXAMPLE_INPUTS
 from .errors import ConfigError, ExportError
-
-EXAMPLE_INPUTS = "example_inputs.npz"  # a few rows of the pipeline's make_inputs, in input order
 
 
 def tiled(arrays: list, batch: int) -> list:

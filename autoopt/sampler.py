@@ -57,6 +57,9 @@ class ValidConfigSampler(BaseSampler):
         self.fallback = RandomSampler(seed=seed)
         self.distributions = distributions
         self.conflict = conflict
+        # {trial number: {"climb" | "curve": why}}: what sampling did to a trial, which the study records on the
+        # trial (trial.set_user_attr: a sampler has no public way to write to a trial of its own)
+        self.notes: dict[int, dict] = {}
 
     def infer_relative_search_space(self, study, trial):
         return dict(self.distributions)
@@ -65,8 +68,8 @@ class ValidConfigSampler(BaseSampler):
         if "fixed_params" in trial.system_attrs:  # an enqueued trial (reference, warm start): Optuna uses those
             return {}
         # The snapshot Optuna passes predates before_trial: GridSampler's grid_id is only in the storage.
-        trial = study._storage.get_trial(trial._trial_id)
         trials = study.get_trials(deepcopy=False)
+        trial = next((t for t in trials if t.number == trial.number), trial)
         finished = [t for t in trials if t.state.is_finished()]
         seen = [self.canonical(c) for c in taken(trials, len(self.distributions), but=trial.number)]
         scopes = [t.user_attrs["pruned_scope"] for t in finished if t.user_attrs.get("pruned_scope")]
@@ -78,7 +81,7 @@ class ValidConfigSampler(BaseSampler):
 
         local = self._local_move(finished, curves, search_space, acceptable) if self.climb else None
         if local is not None:
-            study._storage.set_trial_user_attr(trial._trial_id, "climb", local[1])
+            self.notes[trial.number] = {"climb": local[1]}
             return local[0]
         params: dict | None = {}
         for sampler in (self.inner, self.fallback):
@@ -90,7 +93,7 @@ class ValidConfigSampler(BaseSampler):
                 params, moved = self._within_curve(params, curves, search_space.get("batch_size"))
                 if params is not None and acceptable(params):  # None: no batch size of its family can meet the target
                     if moved:
-                        study._storage.set_trial_user_attr(trial._trial_id, "curve", moved)
+                        self.notes[trial.number] = {"curve": moved}
                     return params
         return params or {}  # the space is exhausted: the study reuses or prunes it
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import ConfigError, option
 
 
-def open_storage(storage: str | None, store: Path | None):
+def storage_backend(storage: str | None, store: Path | None):
     """An Optuna storage: an RDB URL as given (several machines may share it), else a journal file
     (safe for several processes on one machine), by default `optuna.journal` in the MLflow store."""
     from optuna.storages import JournalStorage, RDBStorage
@@ -83,7 +83,7 @@ def load_study(name: str | None, tracking_uri: str | os.PathLike | None = None, 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _, store = resolve_store(tracking_uri)
-    backend = open_storage(storage, store)
+    backend = storage_backend(storage, store)
     if name is None:
         started = [s for s in optuna.get_all_study_summaries(backend, include_best_trial=False) if s.datetime_start]
         if not started:

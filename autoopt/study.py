@@ -139,7 +139,9 @@ def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, lis
     import optuna
 
     config = space.suggest(trial)
-    attrs = study._storage.get_trial_user_attrs(trial._trial_id)  # the sampler wrote its notes past the trial's cache
+    for key, value in getattr(study.sampler, "notes", {}).pop(trial.number, {}).items():
+        trial.set_user_attr(key, value)  # how sampling moved it: read back by later samplings and the report
+    attrs = trial.user_attrs
     record = TrialRecord(trial.number, config, TrialState.RUNNING, reference=bool(attrs.get("reference")),
                          curve=attrs.get("curve"), climb=attrs.get("climb"))
     _notify(listeners, "trial_started", record)
