@@ -5,11 +5,10 @@
     print(result.best.config, result.best.metrics)
 """
 
-__version__ = "0.1.0"
-
-from .cache import cache_dir, cached_state_dict  # noqa: E402
-from .errors import AutoOptError, ConfigError, ExportError, PipelineError, Unsupported  # noqa: E402
-from .pipeline import Pipeline, bundled_pipelines, load_pipeline  # noqa: E402
+from .version import __version__
+from .cache import cache_dir, cached_state_dict
+from .errors import AutoOptError, ConfigError, ExportError, PipelineError, Unsupported
+from .pipeline import Pipeline, bundled_pipelines, load_pipeline
 
 
 def __getattr__(name):

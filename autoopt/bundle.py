@@ -129,7 +129,7 @@ def select_trial(study, number: int | None, fmt: str, carry: bool = False):
 def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) -> ExportResult:
     """Build, verify and write the bundle of `trial` (a TrialRecord of `study`) atomically to `out`."""
     from .accuracy import candidate_accuracy
-    from .candidate import build_candidate
+    from .build import build_candidate
     from .machine import cpu_info
     from .padding import annotate_manifest
     from .pipeline import load_pipeline

@@ -310,7 +310,7 @@ def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import version
 
-        from . import __version__
+        from .version import __version__
 
         console.print(f"autoopt {__version__} (torch {version('torch')}, optuna {version('optuna')}, "
                       f"mlflow {version('mlflow')}, onnxruntime {version('onnxruntime')}, openvino {version('openvino')})",

@@ -174,7 +174,7 @@ def _changed_outputs(model, batches: list[tuple], mask: int, padded: tuple[int, 
     import torch
     from torch.utils import _pytree as pytree
 
-    from .knobs import EXACT
+    from .knobs.base import EXACT
 
     batch = max(batches, key=lambda b: b[mask].shape[1] - trimmed_length(b[mask]))
     cut = trim(batch, PaddingMask(mask, padded, names, "", 0.0))

@@ -93,7 +93,7 @@ def merge(config: str | os.PathLike | None, pipeline, keywords: dict) -> tuple[o
 def to_yaml(pipeline_source: str | None, opts: SearchOptions, study_name: str) -> str:
     """The options a search ran with (every one, defaults included, the device resolved), as a config
     file that repeats it as a new study: no `study` key; a space file inlined so the file stands alone."""
-    from . import __version__
+    from .version import __version__
     from .sources import CHECKED
 
     keywords = opts.as_keywords()

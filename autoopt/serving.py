@@ -78,7 +78,7 @@ def serve_in_python(pipeline, request):
     peak resident memory from there. A runtime that writes a file is served as its bundle instead."""
     import torch
 
-    from .candidate import build_candidate
+    from .build import build_candidate
     from .measure import _read_hwm_bytes, _reset_hwm
     from .protocol import TrialResult
     from .runtimes import format_for

@@ -22,7 +22,7 @@ from autoopt.accuracy import candidate_accuracy
 from autoopt.errors import Unsupported
 from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
-from autoopt.candidate import build_candidate
+from autoopt.build import build_candidate
 from common import report, time_interleaved
 
 BATCHES = (1, 32)

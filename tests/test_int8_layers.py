@@ -10,7 +10,7 @@ from torch import nn
 import autoopt
 from autoopt import knobs, runtimes, sensitivity
 from autoopt.accuracy import cosine_fidelity
-from autoopt.candidate import build_candidate
+from autoopt.build import build_candidate
 from autoopt.report import sensitivity_files
 from autoopt.results import TrialRecord, TrialState
 from autoopt.pipeline import load_pipeline

@@ -7,7 +7,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 import autoopt
-from autoopt import knobs, runtimes
+from autoopt import knobs, runtimes, sensitivity
 from autoopt.errors import ConfigError, Unsupported
 from autoopt.knobs import REGISTRY
 from autoopt.pipeline import load_pipeline
@@ -44,7 +44,8 @@ MASKED = load_pipeline(Path(__file__).parent / "pipelines" / "tiny_masked.py")
 def ctx(tmp_path=None, pipeline=TINY):
     return runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path or "."),
                                  example_inputs=pipeline.make_inputs(2), batch_inputs=pipeline.make_inputs(4),
-                                 pipeline=pipeline, calibration=lambda: [pipeline.make_inputs(16) for _ in range(4)])
+                                 pipeline=pipeline, calibration=lambda: [pipeline.make_inputs(16) for _ in range(4)],
+                                 choose_layers=sensitivity.float_layers)
 
 
 def subject(knob):

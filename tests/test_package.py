@@ -55,3 +55,39 @@ def test_modules_and_functions_stay_readable_in_one_screen():
             if lines > limit:
                 too_long.append(f"{path.name}:{fn.name}: {lines} lines")
     assert too_long == []
+
+
+def _imports(path: Path) -> set[str]:
+    """The autoopt modules `path` imports anywhere (inside functions too), as dotted names."""
+    here = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    package = here[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            target = (*package[:len(package) - node.level + 1], *filter(None, (node.module or "").split(".")))
+            for alias in node.names:  # `from . import knobs` imports a module; `from .x import y`, module x
+                module = (*target, alias.name)
+                is_module = PACKAGE.parent.joinpath(*module).with_suffix(".py").exists() or \
+                    PACKAGE.parent.joinpath(*module, "__init__.py").exists()
+                found.add(".".join(module if is_module else target))
+    return found - {".".join(here).removesuffix(".__init__")}
+
+
+def test_no_module_of_the_package_imports_one_that_imports_it_back():
+    """No import cycles, lazy imports inside functions included: the layers read in one direction."""
+    graph = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): _imports(p)
+             for p in PACKAGE.rglob("*.py")}
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    # a package imports its own modules (its registry): that edge is the package's, not a cycle
+    cycles = sorted(f"{a} -> {b} -> ... -> {a}" for a in graph for b in graph[a]
+                    if a in reach(b) and not b.startswith(a + ".") and not a.startswith(b + "."))
+    assert cycles == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoopt import knobs, runtimes
+from autoopt import knobs, runtimes, sensitivity
 from autoopt.pipeline import load_pipeline
 from conftest import TINY_DICT, TINY_MLP
 
@@ -22,7 +22,8 @@ def build(pipe, tmp_path, **overrides):
     config = {**knobs.reference_config(), "compile_mode": "openvino", "threads": 1, **overrides}
     ctx = runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path), example_inputs=pipe.make_inputs(2),
                                 batch_inputs=pipe.make_inputs(4),
-                                calibration=lambda: [pipe.make_inputs(8) for _ in range(4)])
+                                calibration=lambda: [pipe.make_inputs(8) for _ in range(4)],
+                                choose_layers=sensitivity.float_layers)
     model = knobs.apply_model_knobs(pipe.build_model(), config, ctx, openvino_runtime.REALIZES)
     prepared = openvino_runtime.prepare(model, config, ctx)
     return openvino_runtime.load(prepared, config, ctx), prepared

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import autoopt
-from autoopt import bundle, knobs, runtimes
+from autoopt import bundle, knobs, runtimes, sensitivity
 from autoopt.errors import Unsupported
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import export_format
@@ -45,6 +45,7 @@ def build(compile_mode, pipe, tmp_path, device="cpu", **overrides):
     ctx = runtimes.BuildContext(
         device=device, threads=1, workdir=str(tmp_path), example_inputs=pipe.make_inputs(2),
         batch_inputs=pipe.make_inputs(4), calibration=lambda: [pipe.make_inputs(8) for _ in range(4)],
+        choose_layers=sensitivity.float_layers,
     )
     model = knobs.apply_model_knobs(pipe.build_model(), config, ctx, runtime.REALIZES)
     prepared = runtime.prepare(model, config, ctx)

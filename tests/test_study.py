@@ -4,7 +4,7 @@ import optuna
 
 from autoopt import knobs
 from autoopt.study import _same_config, known_numerics
-from autoopt.candidate import calibration_batches
+from autoopt.build import calibration_batches
 from autoopt.pipeline import load_pipeline
 from conftest import TINY_DICT
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import autoopt
 from autoopt import bundle, knobs, padding, runtimes
-from autoopt.candidate import build_candidate, calibration_batches
+from autoopt.build import build_candidate, calibration_batches
 from autoopt.errors import PipelineError
 from autoopt.pipeline import load_pipeline
 from autoopt.space import fit_pipeline, load_space

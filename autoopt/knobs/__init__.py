@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import (batch_size, checkpointing, compile_mode, distill_steps, graph_fusion, int8_layers, precision,
                pruning_amount, pruning_method, quant_granularity, quantization, threads, trim_padding)
-from .base import Knob
+from .base import EXACT, Knob
 
 REGISTRY: dict[str, Knob] = {k.name: k for k in (
     pruning_amount.KNOB,
@@ -68,7 +68,6 @@ def numerics_free() -> tuple[str, ...]:
     return tuple(name for name, knob in REGISTRY.items() if not knob.changes_numerics)
 
 
-EXACT = (0.99999, 1e-3)  # (minimum cosine, relative max-abs error) of a model that only changed runtime
 
 
 def fidelity_base(config: dict) -> dict:

@@ -7,8 +7,9 @@ returns the most sensitive layers to float, fewest first, until the pipeline's m
 layers run at the trial's float precision: bf16 on openvino with precision=bf16, fp32 elsewhere.
 Realized by each int8 path: NNCF's ignored scope (openvino), ORT's nodes_to_exclude (onnxruntime),
 per-module qconfig None in torch FX (eager, torchscript). The shipped bundle is that mixed model; its
-manifest lists the float layers. The knob transforms nothing itself: each int8 quantizer asks
-autoopt.sensitivity.float_layers which layers stay float, on the model it is given (after pruning and distillation).
+manifest lists the float layers. The knob transforms nothing itself: each int8 quantizer asks its build context
+(ctx.float_layers: autoopt.sensitivity.float_layers) which layers stay float, on the model it is given (after pruning
+and distillation).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import copy
 
 import torch
 
-from .. import runtimes, sensitivity
+from .. import runtimes
 from ..errors import Unsupported
 from .base import Knob
 
@@ -114,7 +114,7 @@ def _fx_static(model, config: dict, per_channel: bool, ctx, scope: dict):
 
     torch.backends.quantized.engine = "x86"
     mapping = get_default_qconfig_mapping("x86") if per_channel else QConfigMapping().set_global(default_qconfig)
-    for name in sensitivity.float_layers(model, config, ctx):  # int8_layers: a module and everything inside it
+    for name in ctx.float_layers(model, config):  # int8_layers: a module and everything inside it
         mapping.set_module_name(name, None)
     batches = ctx.calibration()  # outside the try: a bug in the pipeline's data is the user's error
     try:

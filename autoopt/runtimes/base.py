@@ -87,9 +87,24 @@ class BuildContext:
     report: dict = field(default_factory=dict)  # build figures a knob reports (distill_s), logged with the trial
     notes: list = field(default_factory=list)  # what a knob wants the trial's reason to say
     # int8_layers: {"float_layers": [...]}, the layers (module paths) int8 leaves in float: given (an export ships
-    # the trial's own) or decided by autoopt.sensitivity.float_layers
+    # the trial's own) or decided by `choose_layers`
     int8: dict = field(default_factory=dict)
     accuracy_floor: float | None = None  # the lowest metric within --max-accuracy-drop (int8_layers=auto)
+    # (model, config, ctx) -> the float layers: autoopt.sensitivity.float_layers, which the build gives (it ranks
+    # layers by building int8 variants through the knobs and runtimes: they ask the context, never import it)
+    choose_layers: Callable[[Any, dict, "BuildContext"], tuple] | None = None
+
+    def float_layers(self, model, config: dict) -> tuple[str, ...]:
+        """The layers the int8 quantizer of `config` leaves in float (int8_layers), as `choose_layers` decides; without
+        it, the layers given in `int8` (none: every layer int8), and int8_layers off 'all' is a clear error."""
+        if self.choose_layers is not None:
+            return tuple(self.choose_layers(model, config, self))
+        if config.get("quantization") != "static_int8":
+            return ()
+        if config.get("int8_layers", "all") != "all" and "float_layers" not in self.int8:
+            raise ValueError("int8_layers needs BuildContext(choose_layers=autoopt.sensitivity.float_layers): build the "
+                             "candidate with autoopt.build.build_candidate")
+        return tuple(self.int8.get("float_layers") or ())
 
     def check_batches(self) -> list[tuple]:
         """Inputs to check a graph capture on (a trace follows one path through data-dependent branches):

@@ -15,7 +15,6 @@ import functools
 import os
 import warnings
 
-from .. import sensitivity
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
 from .base import BuildContext, Built, ExportFormat, Prepared, export_shapes, flattened, in_layers, to_reference_dtypes
@@ -182,7 +181,7 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.cpu()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     fusion, quant = config.get("graph_fusion", "basic"), config.get("quantization", "none")
-    layers = sensitivity.float_layers(model, config, ctx)
+    layers = ctx.float_layers(model, config)
     key = model_fingerprint(model, example, graph_fusion=fusion, quantization=quant, float_layers=layers,
                             quant_granularity=config.get("quant_granularity") if quant != "none" else None,
                             torch=torch.__version__, onnxruntime=onnxruntime.__version__)

@@ -19,7 +19,6 @@ import functools
 import os
 import re
 
-from .. import sensitivity
 from ..cache import ArtifactCache, model_fingerprint
 from ..errors import Unsupported
 from .base import (BuildContext, Built, ExportFormat, Prepared, dynamic_axes, flattened, has_attention, in_layers,
@@ -154,7 +153,7 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     model = model.cpu()
     example = tuple(t.cpu() for t in ctx.example_inputs)
     quant = config.get("quantization", "none")
-    layers = sensitivity.float_layers(model, config, ctx)
+    layers = ctx.float_layers(model, config)
     key = model_fingerprint(model, example, quantization=quant, float_layers=layers, torch=torch.__version__,
                             openvino=openvino.__version__)
 
