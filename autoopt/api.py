@@ -248,6 +248,7 @@ def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) 
     """The MLflow params of the study's parent run."""
     from .bundle import package_versions
     from .machine import bf16_matmul_speedup, cpu_info, gpu_info
+    from .runtimes import packages
 
     cpu, gpu = cpu_info(), (gpu_info() if opts.device == "cuda" else None) or {}
     return {
@@ -261,7 +262,7 @@ def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) 
         "cpu_bf16_matmul_speedup": round(bf16_matmul_speedup(), 2) if opts.device == "cpu" else None,
         "gpu_name": gpu.get("name"), "gpu_compute_capability": gpu.get("compute_capability"),
         **{f"{name}_version": v or "not installed"
-           for name, v in package_versions("autoopt", "torch", "optuna", "onnxruntime", "mlflow").items()},
+           for name, v in package_versions("autoopt", "torch", "optuna", "mlflow", *packages()).items()},
     }
 
 

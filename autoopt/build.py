@@ -60,5 +60,6 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     started = time.perf_counter()
     model = knobs.apply_model_knobs(pipeline.build_model().eval(), config, ctx, runtime.REALIZES)
     model.eval()  # a statement: exported (PT2E) models return None from eval()
+    runtimes.check_carried(model, config, ctx)  # the winner must ship: a trial its format cannot ship stops here
     prepared = runtime.prepare(model, config, ctx)
     return runtime, prepared, ctx, time.perf_counter() - started

@@ -30,7 +30,7 @@ from . import knobs, verifier
 from .bundle_dir import EXAMPLE_INPUTS, check_out, place_files
 from .errors import AutoOptError, ConfigError, ExportError, option
 from .results import TrialState, ranked_feasible, records
-from .runtimes import FORMATS, export_format
+from .runtimes import FORMATS, export_format, packages
 from .storage import trial_meta
 
 ACCURACY_TOLERANCE = 0.005  # the recomputed metric must match the trial's within half a point
@@ -167,7 +167,7 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             "measured_as": trial.config.get("compile_mode"),  # differs from config's when the format carried it
             "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]),
             "float_layers": ctx.int8.get("float_layers", []),  # int8_layers: the layers int8 left in float
-            "versions": package_versions("autoopt", "torch", "onnxruntime", "onnx", "openvino", "nncf"),
+            "versions": package_versions("autoopt", "torch", *packages()),
             "machine": cpu_info(),  # the machine that built and verified the bundle
             "source": {"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,
                        "mlflow_parent_run_id": meta.get("parent_run_id"), "pipeline": pipe.name},

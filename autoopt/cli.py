@@ -14,6 +14,7 @@ from .errors import AutoOptError
 from .printing import (console, describe, err, print_bench, print_export, print_json, print_plan, summary_table,
                        trials_table)
 from .progress import Progress
+from .runtimes import FORMATS, packages
 
 TRACKING_HELP = "MLflow tracking URI or store directory (default: $MLFLOW_TRACKING_URI, else ./mlruns)."
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -124,9 +125,9 @@ SEARCH_PANELS = {
     "Brought model (hf:PATH, FILE.pt2/.pt)": ("texts", "seq_len", "labels", "input_shape", "input_dtype", "save_pipeline"),
     "Export and output": ("export", "out", "register", "json_out"),
 }
-CHOICES = {"device": "[auto|cpu|cuda]", "memory_basis": "[serving|growth]",
-           "sampler": "[tpe|gp|random|grid]", "task": "[infer|train]",
-           "export": "[aoti|onnx|openvino|torchscript]", "format": "[aoti|onnx|openvino|torchscript]"}
+FORMAT_CHOICES = "[" + "|".join(FORMATS) + "]"  # the runtime registry's export formats
+CHOICES = {"device": "[auto|cpu|cuda]", "memory_basis": "[serving|growth]", "sampler": "[tpe|gp|random|grid]",
+           "task": "[infer|train]", "export": FORMAT_CHOICES, "format": FORMAT_CHOICES}
 
 
 def _describe_options(command, panels: dict | None = None) -> None:
@@ -308,13 +309,12 @@ def ui(
 
 def _print_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
-
         from .version import __version__
 
-        console.print(f"autoopt {__version__} (torch {version('torch')}, optuna {version('optuna')}, "
-                      f"mlflow {version('mlflow')}, onnxruntime {version('onnxruntime')}, openvino {version('openvino')})",
-                      highlight=False)
+        from .bundle import package_versions
+
+        found = package_versions("torch", "optuna", "mlflow", *(p for p in packages() if p != "torch"))
+        console.print(f"autoopt {__version__} ({', '.join(f'{name} {v}' for name, v in found.items())})", highlight=False)
         raise typer.Exit(0)
 
 

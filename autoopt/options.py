@@ -123,8 +123,12 @@ class SearchOptions:
             _whole(v["seed"], "seed", minimum=0, maximum=2**32 - 1)  # what numpy's generators take
         for name in ("out", "register"):
             if v[name] is not None and v["export"] is None:
+                from .runtimes import FORMATS
+
+                first = "onnx" if "onnx" in FORMATS else next(iter(FORMATS))  # the one a user would try first
+                others = [f for f in FORMATS if f != first]
                 raise ConfigError(f"{option(name)} belongs to {option('export')}, which was not given. Add "
-                                  f"{option('export', 'onnx')} (or openvino, torchscript), or drop {option(name)}.")
+                                  f"{option('export', first)} (or {', '.join(others)}), or drop {option(name)}.")
         if v["study"] is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(v["study"])):
             raise ConfigError(f"{option('study')} must be a name of letters, digits, '_', '.' and '-'. "
                               f"Got {v['study']!r}.")

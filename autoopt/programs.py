@@ -71,7 +71,7 @@ def _conflict(form: str, config: dict) -> tuple[str, dict] | None:
         knob = knobs.REGISTRY.get(name)
         if knob is None or value == knob.baseline or form in knob.programs or name in runtimes.get(mode).REALIZES:
             continue
-        others = [m for m, r in runtimes.RUNTIMES.items() if name in r.REALIZES and form in r.PROGRAMS]
+        others = [m for m in runtimes.MODES if name in runtimes.get(m).REALIZES and form in runtimes.get(m).PROGRAMS]
         return (f"{name}={value} on {mode} rewrites nn.Module layers, which {FORMS[form]} does not have"
                 + (f"; {', '.join(others)} realize it on the program's graph" if others else ""),
                 {name: value, "compile_mode": mode})

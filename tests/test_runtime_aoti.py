@@ -44,12 +44,13 @@ def test_a_model_torch_export_cannot_capture_is_pruned_with_the_reason(tmp_path)
     with pytest.raises(Unsupported, match="inductor_aot: torch.export cannot capture this model: Guard") as caught:
         prepare(DataDependent(), tmp_path)
     assert caught.value.scope == {"compile_mode": "inductor_aot", "quantization": "none"}
-    # an inductor trial ships as aoti: the JIT runtime prunes it too, before compiling, so no winner is unshippable
+    # an inductor trial ships as aoti (which carries it): its build prunes it too, before compiling (build_candidate
+    # checks the carrying format first), so no winner is unshippable
     config = {**knobs.reference_config(), "compile_mode": "inductor", "batch_size": 4}
     ctx = runtimes.BuildContext(device="cpu", threads=1, workdir=str(tmp_path), example_inputs=(torch.randn(2, 3),),
                                 batch_inputs=(torch.randn(4, 3),))
     with pytest.raises(Unsupported, match="inductor: torch.export cannot capture this model"):
-        runtimes.get("inductor").prepare(DataDependent().eval(), config, ctx)
+        runtimes.check_carried(DataDependent().eval(), config, ctx)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ KNOB = Knob(
     doc="Runtime that builds predict and is shipped: eager, torchscript, inductor (default, max-autotune, "
         "reduce-overhead on CUDA), inductor_aot (AOTInductor package), onnxruntime or openvino.",
     baseline="eager",
-    choices=tuple(runtimes.RUNTIMES),
+    choices=runtimes.MODES,  # the registry's, read when used
     unavailable=_unavailable,
     conflict=_conflict,
     tasks=("infer", "train"),

@@ -20,7 +20,6 @@ from ..errors import Unsupported
 from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, export_shapes, model_dtype, output_spec,
                    torch_built, torch_predictor)
 
-REALIZES: frozenset = frozenset()
 PROGRAMS = frozenset({"exported"})  # torch.export cannot capture a TorchScript program (autoopt.programs)
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound
 
@@ -30,10 +29,6 @@ def unavailable(value: str, device: str) -> str | None:
 
     if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
         return "AOTInductor compiles C++: no C++ compiler (c++, g++, clang++) on PATH"
-    return None
-
-
-def conflict(config: dict, device: str) -> str | None:
     return None
 
 
@@ -134,7 +129,17 @@ def _settings(config: dict, prepared: Prepared) -> dict:
             "fixed_batch": prepared.state.get("fixed_batch"), "cpu_isa": cpu_isa}
 
 
+def _admits(model, config: dict, ctx: BuildContext) -> None:
+    """An inductor trial ships as an AOTInductor package: a model torch.export cannot capture is pruned, with the
+    reason, before any compile."""
+    model = model.to(ctx.device)
+    dtype = model_dtype(model)
+    exported(model, cast_inputs(ctx.example_inputs, dtype, ctx.device),
+             cast_inputs(ctx.batch_inputs or ctx.example_inputs, dtype, ctx.device),
+             {"compile_mode": config["compile_mode"], "quantization": config.get("quantization", "none")})
+
+
 EXPORT = ExportFormat(
     name="aoti", model_file="model.pt2", plain_loader=plain_loader, load=_load_bundle, packages=("torch",),
-    settings=_settings, carries=("inductor", "inductor_max_autotune"),
+    settings=_settings, carries=("inductor", "inductor_max_autotune"), admits=_admits,
 )

@@ -29,6 +29,9 @@ class ExportFormat:
     settings(config: dict, prepared: Prepared) -> dict: runtime settings the manifest records.
     check(model_file: str): a structural check of the file before it is run (raises), or None.
     companions: files that ship beside the model file, under these names (OpenVINO's model.bin).
+    tools: packages that build the artifact (onnx, nncf): the manifest records their versions too.
+    admits(model, config, ctx): for a trial this format carries, raises Unsupported (the trial pruned with the
+        reason, before its own build) when the format cannot ship that model (aoti: torch.export must capture it).
     carries: other compile_mode values whose trials this format ships by building the trial's
         configuration on its own runtime (an inductor trial as an AOTInductor package, an eager one as
         TorchScript): what `autoopt export` without --format does for a winner of a runtime that writes
@@ -44,11 +47,13 @@ class ExportFormat:
     check: Callable[[str], None] | None = None
     companions: tuple[str, ...] = ()
     carries: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()  # packages that build the artifact (their versions go in the manifest), not serve it
+    admits: Callable[[Any, dict, "BuildContext"], None] | None = None
 
 
 @runtime_checkable
 class Runtime(Protocol):
-    """What every runtime module provides.
+    """What every runtime module provides (DEFAULTS: what it may leave out).
 
     REALIZES: the knobs it realizes itself (their model-level `apply` is skipped).
     PROGRAMS: the saved-program forms it builds from besides an nn.Module ("exported": a torch.export
@@ -72,6 +77,23 @@ class Runtime(Protocol):
     def prepare(self, model, config: dict, ctx: "BuildContext") -> "Prepared": ...
 
     def load(self, prepared: "Prepared", config: dict, ctx: "BuildContext") -> "Built": ...
+
+
+def _never(*_args) -> None:
+    return None
+
+
+# What a runtime module may leave out (runtimes.get completes it): no knob of its own, no saved program, no file to
+# ship, available everywhere, no conflict.
+DEFAULTS = {"REALIZES": frozenset(), "PROGRAMS": frozenset(), "EXPORT": None, "unavailable": _never, "conflict": _never}
+
+
+def complete(module):
+    """The runtime module with the contract's defaults (DEFAULTS) for what it leaves out."""
+    for name, value in DEFAULTS.items():
+        if not hasattr(module, name):
+            setattr(module, name, value)
+    return module
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,8 @@ import copy
 
 from .base import BuildContext, Built, Prepared, model_dtype, state_dict_mb, torch_predictor
 
-REALIZES: frozenset = frozenset()
 PROGRAMS = frozenset({"exported", "scripted"})  # the saved programs it builds from (autoopt.programs)
 EXPORT = None  # nothing of its own to ship
-
-
-def unavailable(value: str, device: str) -> str | None:
-    return None
-
-
-def conflict(config: dict, device: str) -> str | None:
-    return None
 
 
 def predictor(model, device: str = "cpu"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, torch_built
 
-REALIZES: frozenset = frozenset()
 PROGRAMS = frozenset({"exported"})  # torch.export cannot capture a TorchScript program (autoopt.programs)
 EXPORT = None  # nothing of its own to ship
 MODES = {"inductor": "default", "inductor_max_autotune": "max-autotune", "inductor_reduce_overhead": "reduce-overhead"}
@@ -22,10 +21,6 @@ MODES = {"inductor": "default", "inductor_max_autotune": "max-autotune", "induct
 def unavailable(value: str, device: str) -> str | None:
     if value == "inductor_reduce_overhead" and device != "cuda":
         return "reduce-overhead uses CUDA graphs and needs a CUDA device"
-    return None
-
-
-def conflict(config: dict, device: str) -> str | None:
     return None
 
 
@@ -42,13 +37,6 @@ def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 512)
     model = model.to(ctx.device)
     dtype = model_dtype(model)
-    # The winner must ship in some format, and an inductor trial ships as an AOTInductor package (aoti):
-    # a model torch.export cannot capture is pruned here, with its reason, before any compile.
-    from .aoti import exported
-
-    exported(model, cast_inputs(ctx.example_inputs, dtype, ctx.device),
-             cast_inputs(ctx.batch_inputs or ctx.example_inputs, dtype, ctx.device),
-             {"compile_mode": config["compile_mode"], "quantization": config.get("quantization", "none")})
     # Static shapes: one compile per served batch size (a fixed-batch server), and no dynamic-shape
     # kernels (those failed stride checks on int8 convolutions at batch 1 in torch 2.13).
     compiled = torch.compile(model, mode=MODES[config["compile_mode"]], dynamic=False)

@@ -317,4 +317,5 @@ def _check(model_file: str) -> None:
 EXPORT = ExportFormat(
     name="onnx", model_file="model.onnx", plain_loader=plain_loader, load=_load_bundle, packages=("onnxruntime",),
     settings=lambda config, prepared: {"graph_fusion": config.get("graph_fusion", "basic")}, check=_check,
+    tools=("onnx",),
 )

@@ -232,5 +232,5 @@ def _load_bundle(bundle, manifest: dict, spec):
 EXPORT = ExportFormat(
     name="openvino", model_file="model.xml", plain_loader=plain_loader, load=_load_bundle, packages=("openvino",),
     settings=lambda config, prepared: {"inference_precision": HINTS[config.get("precision", "fp32")]},
-    companions=("model.bin",),
+    companions=("model.bin",), tools=("nncf",),
 )
