@@ -22,7 +22,7 @@ def __getattr__(name):
 
         return SearchOptions
     if name == "load":
-        from .loader import load
+        from .bundle.loader import load
 
         return load
     if name == "knobs":

@@ -12,10 +12,10 @@ from pathlib import Path
 from .errors import ConfigError, option
 from .options import SearchOptions
 from .pipeline import Pipeline
-from .results import TrialRecord, closest_infeasible, ranked_feasible, records, reference_of, speedup
+from .report.results import TrialRecord, closest_infeasible, ranked_feasible, records, reference_of, speedup
 from .search_config import FILE_NAME as SEARCH_FILE
 from .search_config import merge, to_yaml
-from .storage import load_study
+from .study.storage import load_study
 from .targets import Targets
 
 log = logging.getLogger("autoopt")
@@ -57,7 +57,7 @@ class SearchResult:
     @property
     def tie(self):
         """results.Tie when the best trial won a tie within the noise (else None)."""
-        from .results import winning_tie
+        from .report.results import winning_tie
 
         return winning_tie(self.trials)
 
@@ -94,12 +94,12 @@ class SearchResult:
     def trials_dataframe(self):
         """One row per trial (a pandas DataFrame indexed by trial number): state, feasibility, every knob,
         every metric, the re-measured figures (results.trials_dataframe)."""
-        from .results import trials_dataframe
+        from .report.results import trials_dataframe
 
         return trials_dataframe(self.trials)
 
     def runs_url(self, base: str = "http://127.0.0.1:5000") -> str:
-        from .tracking import runs_url
+        from .report.tracking import runs_url
 
         return runs_url(base, self.experiment_id, self.study_name)
 
@@ -116,13 +116,13 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     timeout_s) / trial_started(record) / trial_finished(record) / search_finished() methods (the trial
     events come from the job threads).
     """
-    from .accuracy import reference_accuracy
+    from .trial.accuracy import reference_accuracy
     from .pipeline import check_pipeline, load_pipeline
-    from .report import write_report
-    from .runner import Runner
-    from .storage import check_resume, storage_backend, search_signature, set_search_meta
-    from .study import open_study, run
-    from .tracking import Tracker, check_reachable, resolve_store
+    from .report.artifacts import write_report
+    from .study.runner import Runner
+    from .study.storage import check_resume, storage_backend, search_signature, set_search_meta
+    from .study.loop import open_study, run
+    from .report.tracking import Tracker, check_reachable, resolve_store
 
     pipeline, opts = _options(pipeline, config, options, keywords)
     pipe = load_pipeline(pipeline)
@@ -170,7 +170,7 @@ def _study_name(pipe: Pipeline, opts: SearchOptions) -> str:
     """The study's name; with --export, its bundle directory is checked writable now, not after the search."""
     name = opts.study or f"{pipe.name}{'-train' if opts.task == 'train' else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     if opts.export is not None:
-        from .bundle import check_out
+        from .bundle.export import check_out
 
         check_out(_bundle_dir(opts, name))
     return name
@@ -203,7 +203,7 @@ def plan(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str | 
     store (`autoopt search --dry-run`): a planning.SearchPlan."""
     from .machine import search_features
     from .pipeline import load_pipeline
-    from .planning import SearchPlan, count_distinct
+    from .study.planning import SearchPlan, count_distinct
 
     pipeline, opts = _options(pipeline, config, None, keywords)
     pipe = load_pipeline(pipeline)
@@ -227,8 +227,8 @@ def _resolve_space(pipe, opts: SearchOptions):
     from .pipeline import check_training
     from .runtimes import FORMATS
     from .padding import find
-    from .programs import fit_space as fit_program
-    from .space import SPACES_DIR, fit_checkpointing, fit_pipeline, load_space
+    from .study.programs import fit_space as fit_program
+    from .study.space import SPACES_DIR, fit_checkpointing, fit_pipeline, load_space
 
     space = load_space(opts.space, opts.device, opts.task)
     for note in space.notes:
@@ -246,7 +246,7 @@ def _resolve_space(pipe, opts: SearchOptions):
 
 def _study_params(pipe, space, opts: SearchOptions, ref_accuracy: float | None) -> dict:
     """The MLflow params of the study's parent run."""
-    from .bundle import package_versions
+    from .bundle.export import package_versions
     from .machine import bf16_matmul_speedup, cpu_info, gpu_info
     from .runtimes import packages
 
@@ -274,7 +274,7 @@ def _bundle_dir(opts: SearchOptions, study_name: str) -> Path:
 def _export_winner(result: SearchResult, opts: SearchOptions, pipe) -> None:
     """Export the best exportable trial of a finished search into `result.exported`; None (with a
     warning) when none met the targets."""
-    from .bundle import select_trial
+    from .bundle.export import select_trial
 
     try:
         chosen = select_trial(result.study, None, opts.export)
@@ -298,7 +298,7 @@ def export(study: str | None = None, *, trial: int | None = None, format: str | 
     out: the bundle directory (default exports/<study>). register: an MLflow registered-model name.
     pipeline: needed only when the study searched an in-memory Pipeline (no file to reload).
     """
-    from .bundle import check_format, default_format, select_trial
+    from .bundle.export import check_format, default_format, select_trial
 
     if format is not None:
         check_format(format)
@@ -332,9 +332,9 @@ class Trials(list):
 
 
 def _export_and_log(optuna_study, chosen: TrialRecord, fmt: str, out, register: str | None, pipeline):
-    from .bundle import export_trial
-    from .storage import trial_meta
-    from .logged_model import log_exported_model
+    from .bundle.export import export_trial
+    from .study.storage import trial_meta
+    from .bundle.logged_model import log_exported_model
 
     result = export_trial(optuna_study, chosen, fmt, out, pipeline)
     meta = trial_meta(optuna_study, chosen)  # the MLflow store of the machine that ran the trial

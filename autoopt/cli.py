@@ -11,9 +11,9 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from .errors import AutoOptError
-from .printing import (console, describe, err, print_bench, print_export, print_json, print_plan, summary_table,
-                       trials_table)
-from .progress import Progress
+from .report.printing import (console, describe, err, print_bench, print_export, print_json, print_plan, summary_table,
+                              trials_table)
+from .report.progress import Progress
 from .runtimes import FORMATS, packages
 
 TRACKING_HELP = "MLflow tracking URI or store directory (default: $MLFLOW_TRACKING_URI, else ./mlruns)."
@@ -147,8 +147,8 @@ _describe_options(search, SEARCH_PANELS)
 
 def _report_search(result) -> None:
     """The outcome of a search, and its exit code: 130 interrupted, 3 nothing feasible or exportable."""
-    from .results import NOISE_FLOOR
-    from .runner import REMEASURE_ROUNDS
+    from .report.results import NOISE_FLOOR
+    from .study.runner import REMEASURE_ROUNDS
 
     export = result.options.export
     flags = {"tracking-uri": result.options.tracking_uri, "storage": result.options.storage, "out": result.options.out}
@@ -234,7 +234,7 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON document."),
 ) -> None:
     """Re-time an exported bundle in fresh processes without autoopt, as its export verified it."""
-    from .retime import retime
+    from .bundle.retime import retime
 
     try:
         figures = retime(bundle, batch, processes)
@@ -275,7 +275,7 @@ def ui(
     """Start the MLflow UI on the store, bound to 127.0.0.1, and print the URL of the study's trials."""
     import signal
 
-    from . import tracking
+    from .report import tracking
 
     uri, _ = tracking.resolve_store(tracking_uri)
     base = f"http://127.0.0.1:{port}"
@@ -311,7 +311,7 @@ def _print_version(value: bool) -> None:
     if value:
         from .version import __version__
 
-        from .bundle import package_versions
+        from .bundle.export import package_versions
 
         found = package_versions("torch", "optuna", "mlflow", *(p for p in packages() if p != "torch"))
         console.print(f"autoopt {__version__} ({', '.join(f'{name} {v}' for name, v in found.items())})", highlight=False)

@@ -37,7 +37,7 @@ class Pipeline:
         and sequence axes.
     model_form: "module" (an nn.Module), or the saved program build_model returns: "exported" (a torch.export
         program's module) or "scripted" (TorchScript); knobs and runtimes that cannot change a program are
-        dropped from the space (autoopt.programs). `autoopt search FILE.pt2 / FILE.pt` writes it.
+        dropped from the space (autoopt.study.programs). `autoopt search FILE.pt2 / FILE.pt` writes it.
 
     For the training task (`autoopt search --task train`):
     make_batch: (batch_size) -> tuple, one training batch: the model's inputs (as make_inputs gives

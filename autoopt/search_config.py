@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError, render
 from .options import DEFAULTS, SearchOptions
-from .space import read_yaml
+from .study.space import read_yaml
 
 KEYS = ("pipeline", *DEFAULTS)
 NEEDS_EXPORT = ("out", "register")  # checked against the merged options: --export may come from a flag
@@ -113,7 +113,7 @@ def to_yaml(pipeline_source: str | None, opts: SearchOptions, study_name: str) -
 
 def _space_entry(space, task: str):
     """A bundled space by its name; a space file by its content; an inline space as it is."""
-    from .space import SPACES_DIR, resolve_space_path
+    from .study.space import SPACES_DIR, resolve_space_path
 
     if isinstance(space, dict):
         return space

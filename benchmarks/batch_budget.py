@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import autoopt
-from autoopt import latency_curve
+from autoopt.study import latency_curve
 from autoopt.knobs import describe
 from autoopt.machine import cpu_description, cpu_info
-from autoopt.report import budget
+from autoopt.report.artifacts import budget
 from autoopt.units import parse_latency_ms
 
 

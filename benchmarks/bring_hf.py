@@ -31,8 +31,8 @@ import torch
 
 import autoopt
 from autoopt import knobs
-from autoopt.accuracy import candidate_accuracy
-from autoopt.build import build_candidate
+from autoopt.trial.accuracy import candidate_accuracy
+from autoopt.trial.build import build_candidate
 from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import openvino as ov_runtime

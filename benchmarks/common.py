@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from autoopt.machine import cpu_description, cpu_info
-from autoopt.measure import percentile
+from autoopt.trial.measure import percentile
 
 BLOCK_S = 0.03  # time per variant per round
 PAUSE_S = 0.02  # between blocks: thread pools that spin after a run go idle before the next variant

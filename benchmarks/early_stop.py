@@ -24,7 +24,7 @@ from pathlib import Path
 
 import autoopt
 from autoopt.knobs import describe
-from autoopt.space import load_space
+from autoopt.study.space import load_space
 
 HERE = Path(__file__).parent
 TARGET_LATENCY = {"digits_cnn": "5ms", "text_transformer": "4ms"}  # about the grid's median p50 here

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import autoopt
-from autoopt.bundle import run_verifier
+from autoopt.bundle.export import run_verifier
 from autoopt.knobs import describe
 from autoopt.runtimes import export_format
 

@@ -27,7 +27,7 @@ import torch
 
 import autoopt
 from autoopt import knobs
-from autoopt.build import calibration_batches
+from autoopt.trial.build import calibration_batches
 from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import onnxruntime as ort_runtime

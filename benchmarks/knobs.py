@@ -18,11 +18,11 @@ import warnings
 import torch
 
 from autoopt import knobs
-from autoopt.accuracy import candidate_accuracy
+from autoopt.trial.accuracy import candidate_accuracy
 from autoopt.errors import Unsupported
 from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
-from autoopt.build import build_candidate
+from autoopt.trial.build import build_candidate
 from common import report, time_interleaved
 
 BATCHES = (1, 32)

@@ -18,8 +18,8 @@ import logging
 import time
 import warnings
 
-from autoopt.accuracy import candidate_accuracy, reference_accuracy
-from autoopt.build import calibration_batches
+from autoopt.trial.accuracy import candidate_accuracy, reference_accuracy
+from autoopt.trial.build import calibration_batches
 from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import openvino as ov_runtime

@@ -4,7 +4,7 @@
                                  [--batch 32] [--amounts 0.25 0.5 0.75] [--steps 0 200 1000] [--rounds 10]
 
 Per pipeline: pruning amount x method (width = `structured`, `depth` where the model has repeated
-blocks) x distill_steps, each built the way a trial builds it (autoopt.build.build_candidate) on
+blocks) x distill_steps, each built the way a trial builds it (autoopt.trial.build.build_candidate) on
 one runtime at one batch size. Reports the accuracy drop against the unpruned model, the speedup over
 the unpruned model on the same runtime and batch (every variant timed interleaved in one run) and the
 distillation seconds (students are trained here, not taken from autoopt's cache). Writes
@@ -20,9 +20,9 @@ import tempfile
 import torch
 
 from autoopt import knobs
-from autoopt.accuracy import candidate_accuracy, reference_accuracy
+from autoopt.trial.accuracy import candidate_accuracy, reference_accuracy
 from autoopt.cache import cache_dir
-from autoopt.build import build_candidate
+from autoopt.trial.build import build_candidate
 from autoopt.errors import Unsupported
 from autoopt.pipeline import load_pipeline
 from common import report, time_interleaved

@@ -35,8 +35,8 @@ from pathlib import Path
 import autoopt
 from autoopt import knobs
 from autoopt.machine import cpu_description, cpu_info
-from autoopt.sampler import ValidConfigSampler
-from autoopt.tracking import Tracker
+from autoopt.study.sampler import ValidConfigSampler
+from autoopt.report.tracking import Tracker
 
 HERE = Path(__file__).parent
 TARGET_LATENCY = {"digits_cnn": "100ms", "text_transformer": "20ms"}
@@ -70,7 +70,7 @@ def grid(pipeline: str, space: str, store: str) -> dict:
     cache = HERE / "results" / f"grid_{pipeline}_{digest}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    from autoopt.space import load_space
+    from autoopt.study.space import load_space
 
     size = 1
     for domain in load_space(space, "cpu").domains.values():

@@ -25,11 +25,11 @@ from pathlib import Path
 import autoopt
 from autoopt.knobs import describe
 from autoopt.machine import available_cores, cpu_description, cpu_info
-from autoopt.protocol import TrialRequest
-from autoopt.results import TrialState
-from autoopt.retime import retime
+from autoopt.trial.protocol import TrialRequest
+from autoopt.report.results import TrialState
+from autoopt.bundle.retime import retime
 from autoopt.runtimes import format_for
-from autoopt.worker import Worker
+from autoopt.trial.worker import Worker
 
 REPEATS = 3
 TARGETS = {"target_latency": "100ms", "max_accuracy_drop": "1%"}

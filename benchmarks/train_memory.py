@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from autoopt.pipeline import load_pipeline
-from autoopt.training import build_step, step_peak_memory_mb
+from autoopt.trial.training import build_step, step_peak_memory_mb
 from autoopt.units import parse_memory_mb
 
 FP32 = {"precision": "fp32", "compile_mode": "eager"}

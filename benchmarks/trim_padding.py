@@ -27,7 +27,7 @@ import torch
 
 import autoopt
 from autoopt import padding
-from autoopt.build import build_candidate, calibration_batches
+from autoopt.trial.build import build_candidate, calibration_batches
 from autoopt.machine import cpu_description
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import openvino as ov_runtime

@@ -25,7 +25,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # a developer's own setting would pick the store
     # The export verifier's re-timing is a figure for deployment, not a check: short blocks in tests.
-    from autoopt import bundle
+    from autoopt.bundle import export as bundle
 
     monkeypatch.setattr(bundle, "VERIFY_TIMING_S", {"warmup_s": 0.05, "block_s": 0.1})
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from autoopt.accuracy import candidate_accuracy, cosine_fidelity, reference_accuracy
+from autoopt.trial.accuracy import candidate_accuracy, cosine_fidelity, reference_accuracy
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes.eager import predictor
 from conftest import TINY_DICT, TINY_MLP

@@ -139,7 +139,7 @@ def test_resuming_with_other_targets_or_another_space_is_refused_and_writes_noth
 
 
 def test_an_error_during_a_search_closes_every_run_as_failed(tmp_path, write_file, monkeypatch):
-    from autoopt.runner import Runner
+    from autoopt.study.runner import Runner
 
     def broken(self, trials):
         raise RuntimeError("the disk is full")
@@ -226,7 +226,7 @@ def test_bad_arguments_are_config_errors(tmp_path):
 
 
 def test_unusable_storages_are_config_errors(tmp_path, monkeypatch):
-    from autoopt import storage
+    from autoopt.study import storage
 
     with pytest.raises(autoopt.ConfigError, match=r"storage='postgresql://nobody@127.0.0.1:1/x': cannot open it "
                                                   r"\(OperationalError: "):

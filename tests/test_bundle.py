@@ -41,7 +41,7 @@ def test_search_with_export_onnx_writes_a_verified_bundle(onnx_study):
     v = manifest["verification"]
     assert v["min_cosine"] > 0.9999 and v["max_abs_error"] < 1e-4 and v["fresh_process_latency_ms_p50"] > 0
     assert abs(v["accuracy"] - manifest["metrics"]["accuracy"]) <= 0.005
-    from autoopt.measure import allocator_env
+    from autoopt.trial.measure import allocator_env
 
     assert manifest["runtime"]["environment"] == allocator_env()
     assert v["fresh_process_latency_ms_p50_without_environment"] > 0
@@ -51,7 +51,7 @@ def test_search_with_export_onnx_writes_a_verified_bundle(onnx_study):
 def test_load_restores_the_dict_structure(onnx_study, monkeypatch):
     _, root = onnx_study
     pinned = []
-    monkeypatch.setattr("autoopt.measure.pin_allocator", pinned.append)
+    monkeypatch.setattr("autoopt.trial.measure.pin_allocator", pinned.append)
     pipe = autoopt.load_pipeline(TINY_DICT)
     inputs = pipe.make_inputs(6)
     out = autoopt.load(root / "bundle")(*inputs)
@@ -146,7 +146,7 @@ def test_a_format_the_trial_cannot_carry_names_the_closest_exportable_trial(onnx
 
 
 def test_a_failed_export_leaves_nothing_behind(onnx_study, monkeypatch):
-    from autoopt import bundle
+    from autoopt.bundle import export as bundle
 
     _, root = onnx_study
 
@@ -225,7 +225,7 @@ def test_bench_re_times_a_bundle_in_fresh_processes_beside_the_search_s_figure(o
 def test_a_study_measured_on_cuda_is_not_exported_as_something_else():
     import optuna
 
-    from autoopt.bundle import select_trial
+    from autoopt.bundle.export import select_trial
 
     study = optuna.create_study(study_name="gpu-study")
     study.set_user_attr("search", {"device": "cuda"})
@@ -255,7 +255,7 @@ def test_an_approximate_export_is_verified_against_the_trial_s_own_model(tmp_pat
     import os
     import shutil
 
-    from autoopt import bundle as bundle_module
+    from autoopt.bundle import export as bundle_module
     from autoopt import knobs, runtimes
     from autoopt.errors import ExportError
     from autoopt.pipeline import load_pipeline

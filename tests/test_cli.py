@@ -187,7 +187,7 @@ def test_ctrl_c_while_another_search_holds_the_device_stops_within_seconds(tmp_p
 
 
 def test_ctrl_c_during_the_export_writes_nothing_and_says_how_to_export(tmp_path, monkeypatch):
-    from autoopt import bundle
+    from autoopt.bundle import export as bundle
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

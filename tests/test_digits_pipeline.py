@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from autoopt.accuracy import reference_accuracy
+from autoopt.trial.accuracy import reference_accuracy
 from autoopt.pipeline import check_pipeline, load_pipeline
 
 

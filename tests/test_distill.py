@@ -6,7 +6,7 @@ from torch import nn
 
 import autoopt
 from autoopt import distill, knobs, runtimes
-from autoopt.build import build_candidate
+from autoopt.trial.build import build_candidate
 from autoopt.errors import Unsupported
 from conftest import FAST, TINY_MLP
 

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 import autoopt
-from autoopt import knobs, runtimes, sensitivity
-from autoopt.accuracy import cosine_fidelity
-from autoopt.build import build_candidate
-from autoopt.report import sensitivity_files
-from autoopt.results import TrialRecord, TrialState
+from autoopt import knobs, runtimes
+from autoopt.trial import sensitivity
+from autoopt.trial.accuracy import cosine_fidelity
+from autoopt.trial.build import build_candidate
+from autoopt.report.artifacts import sensitivity_files
+from autoopt.report.results import TrialRecord, TrialState
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes.base import has_attention
 from conftest import FAST, TESTS

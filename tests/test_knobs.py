@@ -7,11 +7,12 @@ import torch
 from torch.utils import _pytree as pytree
 
 import autoopt
-from autoopt import knobs, runtimes, sensitivity
+from autoopt import knobs, runtimes
+from autoopt.trial import sensitivity
 from autoopt.errors import ConfigError, Unsupported
 from autoopt.knobs import REGISTRY
 from autoopt.pipeline import load_pipeline
-from autoopt.space import load_space
+from autoopt.study.space import load_space
 
 KNOB_NAMES = list(REGISTRY)
 

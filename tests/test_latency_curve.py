@@ -3,9 +3,9 @@
 import pytest
 
 from autoopt import knobs
-from autoopt.latency_curve import LatencyCurves, family
-from autoopt.protocol import TrialResult
-from autoopt.results import TrialRecord, TrialState
+from autoopt.study.latency_curve import LatencyCurves, family
+from autoopt.trial.protocol import TrialResult
+from autoopt.report.results import TrialRecord, TrialState
 
 REF = knobs.reference_config()
 
@@ -34,7 +34,7 @@ def test_a_batch_past_a_measured_overshoot_or_the_linear_extrapolation_is_ruled_
 def test_the_sampler_moves_a_batch_down_and_says_why():
     import optuna
 
-    from autoopt.sampler import ValidConfigSampler
+    from autoopt.study.sampler import ValidConfigSampler
 
     curves = LatencyCurves([measured(0, 2.0, batch_size=1)], target_ms=20.0)  # 2 ms a sample: at most 20
     for distribution, expected in ((optuna.distributions.IntDistribution(1, 128, log=True), 20),
@@ -67,8 +67,8 @@ def test_a_30_trial_search_spends_no_trial_on_a_batch_twice_over_the_target(seed
     per-sample latency measured before it is more than twice the target (the issue allows 10%). The curve
     guarantees none: a family's bound comes from its own points, never faster than the study's fastest.
     (Without it, TPE spends 1-2 of these 30 trials so.)"""
-    from autoopt.space import load_space
-    from autoopt.study import open_study, run
+    from autoopt.study.space import load_space
+    from autoopt.study.loop import open_study, run
     from autoopt.targets import Targets
 
     target = 20.0

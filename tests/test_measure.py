@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from autoopt.measure import PeakMemory, percentile, time_calls
+from autoopt.trial.measure import PeakMemory, percentile, time_calls
 
 
 def test_percentile_interpolates():
@@ -40,7 +40,7 @@ def test_peak_memory_sees_a_transient_allocation():
 
 
 def test_peak_memory_sampler_fallback(monkeypatch):
-    import autoopt.measure as measure
+    import autoopt.trial.measure as measure
 
     monkeypatch.setattr(measure, "_reset_hwm", lambda: False)
     with PeakMemory("cpu", sample_interval_s=0.001) as peak:
@@ -65,7 +65,7 @@ def test_a_noisy_measurement_is_repeated_and_the_steadiest_kept(monkeypatch):
     """On a fake clock (no real timing): the first pass alternates 0.1 ms / 4 ms calls, then calls are steady."""
     import itertools
 
-    from autoopt import measure
+    from autoopt.trial import measure
 
     now = [0.0]
     monkeypatch.setattr(measure.time, "perf_counter", lambda: now[0])
@@ -82,7 +82,7 @@ def test_a_noisy_measurement_is_repeated_and_the_steadiest_kept(monkeypatch):
 
 PAGE_FAULTS = r'''
 import json, resource, sys, torch
-from autoopt.measure import pin_allocator
+from autoopt.trial.measure import pin_allocator
 # glibc's own defaults, fixed: left alone, malloc raises its threshold when an earlier large block is
 # freed, which varies between runs (the very reason for pinning) and would make this test flaky
 applied = pin_allocator() if sys.argv[1:] == ["pin"] else pin_allocator(GLIBC_DEFAULTS)
@@ -108,7 +108,7 @@ def test_pinned_allocator_stops_per_call_page_faults():
     import subprocess
     import sys
 
-    from autoopt.measure import ALLOCATOR_ENV, allocator_env
+    from autoopt.trial.measure import ALLOCATOR_ENV, allocator_env
 
     if not allocator_env():
         pytest.skip("not glibc")
@@ -123,7 +123,7 @@ def test_pinned_allocator_stops_per_call_page_faults():
 
 
 def test_allocator_env_keeps_the_users_own_values(monkeypatch):
-    from autoopt.measure import ALLOCATOR_ENV, allocator_env, pin_allocator
+    from autoopt.trial.measure import ALLOCATOR_ENV, allocator_env, pin_allocator
 
     if not allocator_env():
         pytest.skip("not glibc")

@@ -9,12 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from autoopt import knobs, programs, runtimes
+from autoopt import knobs, runtimes
+from autoopt.study import programs
 from autoopt.cli import app
 from autoopt.errors import Unsupported
 from autoopt.pipeline import load_pipeline
 from autoopt.sources import pipeline_file
-from autoopt.space import fit_pipeline, load_space
+from autoopt.study.space import fit_pipeline, load_space
 from test_knobs import values_of
 from test_runtimes import RUNTIME_MODES, available
 

@@ -5,8 +5,8 @@ import threading
 
 from rich.console import Console
 
-from autoopt.progress import Progress, clock, time_left_s
-from autoopt.results import TrialRecord, TrialState
+from autoopt.report.progress import Progress, clock, time_left_s
+from autoopt.report.results import TrialRecord, TrialState
 
 
 def record(number, throughput=None, feasible=True, state=TrialState.COMPLETE):
@@ -30,7 +30,7 @@ def test_a_log_gets_one_line_per_trial_with_its_place_the_new_best_and_the_time_
     out = io.StringIO()
     progress = Progress(Console(file=out, width=300, force_terminal=False))
     now = [100.0]
-    monkeypatch.setattr("autoopt.progress.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("autoopt.report.progress.time.monotonic", lambda: now[0])
     resumed = [record(0, 50.0)]  # a resumed study: the trial it holds counts, and is the best so far
     progress.search_started(resumed, 4, 1, None)
     for number, throughput, feasible in ((1, 80.0, True), (2, 500.0, False), (3, 60.0, True)):

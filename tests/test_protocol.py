@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from autoopt.protocol import TrialRequest, TrialResult
-from autoopt.results import TrialState
+from autoopt.trial.protocol import TrialRequest, TrialResult
+from autoopt.report.results import TrialState
 
 
 def test_a_request_and_a_result_round_trip_through_json():

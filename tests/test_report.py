@@ -1,7 +1,7 @@
 """The study report: what it says about the reference, the winner, the runner-up and the noise."""
 
-from autoopt.report import markdown, write_trials_csv
-from autoopt.results import TrialRecord
+from autoopt.report.artifacts import markdown, write_trials_csv
+from autoopt.report.results import TrialRecord
 from autoopt.targets import Targets
 
 TARGETS = Targets(latency_ms=10.0, max_accuracy_drop=0.01)
@@ -40,7 +40,7 @@ def test_no_feasible_trial_is_said_plainly(tmp_path):
 def test_the_history_and_importance_plots_are_pngs_of_the_trials(tmp_path):
     import matplotlib.image
 
-    from autoopt.report import plot_history, plot_importances
+    from autoopt.report.artifacts import plot_history, plot_importances
 
     trials = [trial(0, 100, 2.0, 0.0, 1), trial(1, 400, 8.0, 0.0, 8), trial(2, 900, 30.0, 0.0, 64),
               trial(3, 0, 0, 0, 2, state="FAILED", reason="crashed")]
@@ -52,7 +52,7 @@ def test_the_history_and_importance_plots_are_pngs_of_the_trials(tmp_path):
 
 
 def test_the_budget_counts_each_trial_once():
-    from autoopt.report import budget
+    from autoopt.report.artifacts import budget
 
     full, reused = trial(0, 100, 2.0, 0.0, 1), trial(1, 100, 2.0, 0.0, 1)
     reused.reused_from = 0

@@ -11,7 +11,7 @@ import torch
 
 import autoopt
 from autoopt import knobs, runtimes
-from autoopt.bundle import default_format
+from autoopt.bundle.export import default_format
 from autoopt.errors import Unsupported
 from conftest import FAST, TINY_MLP
 

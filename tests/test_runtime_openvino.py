@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoopt import knobs, runtimes, sensitivity
+from autoopt import knobs, runtimes
+from autoopt.trial import sensitivity
 from autoopt.pipeline import load_pipeline
 from conftest import TINY_DICT, TINY_MLP
 
@@ -75,9 +76,9 @@ def test_nncf_quantizes_the_ir_and_stays_close(mode, tmp_path):
 def test_the_logged_pyfunc_loads_and_predicts_without_autoopt(tmp_path):
     import mlflow
 
-    from autoopt import bundle
-    from autoopt.logged_model import log_exported_model
-    from autoopt.tracking import Tracker, resolve_store
+    from autoopt.bundle import export as bundle
+    from autoopt.bundle.logged_model import log_exported_model
+    from autoopt.report.tracking import Tracker, resolve_store
 
     pipe = load_pipeline(TINY_DICT)
     _, prepared = build(pipe, tmp_path / "build")

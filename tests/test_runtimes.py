@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import autoopt
-from autoopt import bundle, knobs, runtimes, sensitivity
+from autoopt.bundle import export as bundle
+from autoopt import knobs, runtimes
+from autoopt.trial import sensitivity
 from autoopt.errors import Unsupported
 from autoopt.pipeline import load_pipeline
 from autoopt.runtimes import export_format
@@ -130,8 +132,8 @@ def test_an_exportable_runtime_s_bundle_runs_in_a_process_without_autoopt(bundle
 
 
 def test_an_exportable_runtime_s_bundle_loads_with_autoopt_load_and_logs_to_mlflow(bundle_dir, tmp_path):
-    from autoopt.logged_model import log_exported_model
-    from autoopt.tracking import Tracker, resolve_store
+    from autoopt.bundle.logged_model import log_exported_model
+    from autoopt.report.tracking import Tracker, resolve_store
 
     out, spec, pipe = bundle_dir
     inputs = pipe.make_inputs(4)

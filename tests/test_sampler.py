@@ -1,6 +1,6 @@
 import optuna
 
-from autoopt.sampler import ValidConfigSampler
+from autoopt.study.sampler import ValidConfigSampler
 from optuna.distributions import CategoricalDistribution
 
 
@@ -59,7 +59,7 @@ def test_running_and_enqueued_trials_count_as_taken():
 
 
 def test_the_budget_draws_each_configuration_before_another_job_asks():
-    from autoopt.budget import Budget
+    from autoopt.study.budget import Budget
 
     study = optuna.create_study()
     budget = Budget(study, n_trials=5, timeout_s=None)

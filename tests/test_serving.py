@@ -4,7 +4,7 @@ import pytest
 
 import autoopt
 from autoopt.cli import main
-from autoopt.results import TrialState
+from autoopt.report.results import TrialState
 from conftest import FAST, TINY_MLP
 
 SPACE = "batch_size: [16]\ncompile_mode: [torchscript, onnxruntime]\n"
@@ -48,8 +48,8 @@ def test_the_growth_basis_is_what_a_warm_worker_gains_and_measures_no_fresh_proc
 
 def test_an_eager_candidate_is_served_in_python_through_autoopt(tmp_path):
     from autoopt.pipeline import load_pipeline
-    from autoopt.protocol import TrialRequest
-    from autoopt.serving import serve_in_python
+    from autoopt.trial.protocol import TrialRequest
+    from autoopt.trial.serving import serve_in_python
 
     request = TrialRequest(task="serve", device="cpu", threads=1, min_time_s=0.05, pipeline=TINY_MLP,
                            config={**autoopt.knobs.reference_config(), "batch_size": 4}, workdir=str(tmp_path))

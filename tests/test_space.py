@@ -2,7 +2,7 @@ import pytest
 
 from autoopt import knobs
 from autoopt.errors import ConfigError
-from autoopt.space import load_space
+from autoopt.study.space import load_space
 
 
 def test_default_space_drops_fp16_on_cpu_with_a_note():

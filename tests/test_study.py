@@ -3,8 +3,8 @@
 import optuna
 
 from autoopt import knobs
-from autoopt.study import _same_config, known_numerics
-from autoopt.build import calibration_batches
+from autoopt.study.loop import _same_config, known_numerics
+from autoopt.trial.build import calibration_batches
 from autoopt.pipeline import load_pipeline
 from conftest import TINY_DICT
 
@@ -44,7 +44,7 @@ def test_abandoned_trials_are_found_by_pid_here_and_by_heartbeat_elsewhere():
     import socket
     import time
 
-    from autoopt.study import ABANDONED, STALE_S, _recover_abandoned
+    from autoopt.study.loop import ABANDONED, STALE_S, _recover_abandoned
 
     study = optuna.create_study()
     owners = {
@@ -76,9 +76,9 @@ def warm_run(monkeypatch, features: list[str], trials: int = 5, bf16_speedup: fl
     """A search over the default space on a CPU with these features, where bf16 matrix products measure
     `bf16_speedup` x fp32; the reference takes 2 ms per sample."""
     from autoopt import machine
-    from autoopt.protocol import TrialResult
-    from autoopt.space import load_space
-    from autoopt.study import open_study, run
+    from autoopt.trial.protocol import TrialResult
+    from autoopt.study.space import load_space
+    from autoopt.study.loop import open_study, run
     from autoopt.targets import Targets
 
     monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "fake", "cores": 2, "features": features})
@@ -129,10 +129,10 @@ def test_the_same_flags_with_bf16_measured_fast_try_bf16_first(monkeypatch):
 
 
 def test_patience_ends_the_search_that_stopped_improving():
-    from autoopt.protocol import TrialResult
-    from autoopt.space import load_space
-    from autoopt.budget import since_best
-    from autoopt.study import open_study, run
+    from autoopt.trial.protocol import TrialResult
+    from autoopt.study.space import load_space
+    from autoopt.study.budget import since_best
+    from autoopt.study.loop import open_study, run
     from autoopt.targets import Targets
 
     space = load_space(None, "cpu")
@@ -149,7 +149,7 @@ def test_patience_ends_the_search_that_stopped_improving():
 
 
 def test_the_contenders_bar_is_a_share_of_the_best_feasible_trial_and_spares_the_reference():
-    from autoopt.runner import SCREEN_SHARE, contender_bar
+    from autoopt.study.runner import SCREEN_SHARE, contender_bar
 
     study = optuna.create_study(direction="maximize")
     for throughput, drop in ((100.0, 0.0), (300.0, 0.5), (200.0, 0.0)):  # the 300/s one misses the accuracy target
@@ -166,7 +166,7 @@ def test_the_contenders_bar_is_a_share_of_the_best_feasible_trial_and_spares_the
 
 
 def test_with_an_export_the_bar_is_the_best_trial_of_the_runtime_it_ships():
-    from autoopt.runner import SCREEN_SHARE, contender_bar
+    from autoopt.study.runner import SCREEN_SHARE, contender_bar
 
     study = optuna.create_study(direction="maximize")
     for mode, throughput in (("eager", 500.0), ("onnxruntime", 100.0)):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from autoopt.accuracy import reference_accuracy
+from autoopt.trial.accuracy import reference_accuracy
 from autoopt.pipeline import check_pipeline, load_pipeline
 
 

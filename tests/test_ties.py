@@ -3,9 +3,9 @@
 from rich.console import Console
 
 from autoopt.api import SearchResult
-from autoopt.printing import summary_table
-from autoopt.report import markdown
-from autoopt.results import TrialRecord, TrialState, ranked_feasible, tie_of, winning_tie
+from autoopt.report.printing import summary_table
+from autoopt.report.artifacts import markdown
+from autoopt.report.results import TrialRecord, TrialState, ranked_feasible, tie_of, winning_tie
 from autoopt.targets import Targets
 
 

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 import autoopt
-from autoopt.tracking import resolve_store
+from autoopt.report.tracking import resolve_store
 from conftest import FAST, TINY_MLP
 
 

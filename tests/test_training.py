@@ -4,11 +4,11 @@ import pytest
 from typer.testing import CliRunner
 
 import autoopt
-from autoopt import training
+from autoopt.trial import training
 from autoopt.cli import app
 from autoopt.knobs.checkpointing import every, find_blocks, wrap
 from autoopt.pipeline import load_pipeline
-from autoopt.space import load_space
+from autoopt.study.space import load_space
 from conftest import TESTS, TINY_MLP
 
 TINY_TRAIN = str(TESTS / "pipelines" / "tiny_train.py")

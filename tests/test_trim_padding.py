@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 import autoopt
-from autoopt import bundle, knobs, padding, runtimes
-from autoopt.build import build_candidate, calibration_batches
+from autoopt.bundle import export as bundle
+from autoopt import knobs, padding, runtimes
+from autoopt.trial.build import build_candidate, calibration_batches
 from autoopt.errors import PipelineError
 from autoopt.pipeline import load_pipeline
-from autoopt.space import fit_pipeline, load_space
+from autoopt.study.space import fit_pipeline, load_space
 from conftest import FAST, TESTS, TINY_MLP
 
 MASKED_FILE = str(TESTS / "pipelines" / "tiny_masked.py")
@@ -179,7 +180,7 @@ def test_trimming_works_with_quantization_and_precision(mode, overrides, tmp_pat
     available(mode)
     if knobs.conflict({**knobs.reference_config(), "compile_mode": mode, **overrides}, "cpu"):
         pytest.skip("not on this CPU")  # bf16 on a CPU without bf16 units
-    from autoopt.accuracy import cosine_fidelity
+    from autoopt.trial.accuracy import cosine_fidelity
 
     inputs = MASKED.make_inputs(16, 40)
     expected = MASKED.build_model()(*inputs)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from autoopt import verifier
+from autoopt.bundle import verifier
 
 
 class FakeClock:

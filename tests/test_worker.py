@@ -3,9 +3,9 @@ reasons; a warm worker serves trial after trial and is replaced after a failure.
 
 import pytest
 
-from autoopt.protocol import TrialRequest, TrialResult
-from autoopt.results import TrialState
-from autoopt.worker import Worker
+from autoopt.trial.protocol import TrialRequest, TrialResult
+from autoopt.report.results import TrialState
+from autoopt.trial.worker import Worker
 from conftest import TINY_MLP
 
 REQUEST = TrialRequest(task="infer", pipeline=TINY_MLP, device="cpu", threads=1, min_time_s=0.05, min_calls=20)
@@ -130,10 +130,10 @@ def test_timing_takes_the_device_alone(tmp_path):
     import sys
     import time
 
-    from autoopt.measure import device_lock
+    from autoopt.trial.measure import device_lock
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from autoopt.measure import device_lock\n"
+        "import sys, time; from autoopt.trial.measure import device_lock\n"
         "with device_lock('test-dev', exclusive=True):\n"
         "    print('held', flush=True); time.sleep(1.5)\n")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -31,7 +31,7 @@ Facts the search reads from the knob instead of keeping lists of knob names:
   this knob, tried right after the reference of a new study, in registry order; an entry that names CPU
   features (machine.FEATURES names, any one of them) is tried only on a CPU that has one, and first;
 - `programs`: the saved-program forms ("exported": a torch.export program, "scripted": TorchScript) whose
-  model the knob's values change (autoopt.programs): every form for a knob without a model-level transform or
+  model the knob's values change (autoopt.study.programs): every form for a knob without a model-level transform or
   whose transform works on a program (precision: a dtype cast); () for one that rewrites nn.Module layers
   (pruning, FX quantization), kept for a program only where a runtime realizes it on the program's graph;
 - `warm_value`: a value every warm-start configuration takes where the space has it and no conflict

@@ -5,7 +5,7 @@ backward instead of storing its inner activations; `all` (= every_1) does so for
 granularity trades step time (one more forward of the wrapped blocks) for activation memory, which
 lets a larger batch fit a memory budget. Non-reentrant checkpointing (`use_reentrant=False`): it
 supports keyword arguments, autocast and torch.compile, and keeps the RNG state for dropout.
-Realized by the training step (autoopt.training), on the blocks the pipeline names or that
+Realized by the training step (autoopt.trial.training), on the blocks the pipeline names or that
 `find_blocks` detects.
 """
 

@@ -3,12 +3,12 @@
 `all` quantizes every layer the quantizer takes (the baseline). A share (0.9, 0.75, 0.5) keeps that
 share of the quantizable layers in int8, the most tolerant first, and returns the rest to float; `auto`
 returns the most sensitive layers to float, fewest first, until the pipeline's metric is within
---max-accuracy-drop. Layers are ranked once per model and runtime family (autoopt.sensitivity). Float
+--max-accuracy-drop. Layers are ranked once per model and runtime family (autoopt.trial.sensitivity). Float
 layers run at the trial's float precision: bf16 on openvino with precision=bf16, fp32 elsewhere.
 Realized by each int8 path: NNCF's ignored scope (openvino), ORT's nodes_to_exclude (onnxruntime),
 per-module qconfig None in torch FX (eager, torchscript). The shipped bundle is that mixed model; its
 manifest lists the float layers. The knob transforms nothing itself: each int8 quantizer asks its build context
-(ctx.float_layers: autoopt.sensitivity.float_layers) which layers stay float, on the model it is given (after pruning
+(ctx.float_layers: autoopt.trial.sensitivity.float_layers) which layers stay float, on the model it is given (after pruning
 and distillation).
 """
 

@@ -20,7 +20,7 @@ from ..errors import Unsupported
 from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, export_shapes, model_dtype, output_spec,
                    torch_built, torch_predictor)
 
-PROGRAMS = frozenset({"exported"})  # torch.export cannot capture a TorchScript program (autoopt.programs)
+PROGRAMS = frozenset({"exported"})  # torch.export cannot capture a TorchScript program (autoopt.study.programs)
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound
 
 

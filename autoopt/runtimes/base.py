@@ -112,7 +112,7 @@ class BuildContext:
     # the trial's own) or decided by `choose_layers`
     int8: dict = field(default_factory=dict)
     accuracy_floor: float | None = None  # the lowest metric within --max-accuracy-drop (int8_layers=auto)
-    # (model, config, ctx) -> the float layers: autoopt.sensitivity.float_layers, which the build gives (it ranks
+    # (model, config, ctx) -> the float layers: autoopt.trial.sensitivity.float_layers, which the build gives (it ranks
     # layers by building int8 variants through the knobs and runtimes: they ask the context, never import it)
     choose_layers: Callable[[Any, dict, "BuildContext"], tuple] | None = None
 
@@ -124,8 +124,8 @@ class BuildContext:
         if config.get("quantization") != "static_int8":
             return ()
         if config.get("int8_layers", "all") != "all" and "float_layers" not in self.int8:
-            raise ValueError("int8_layers needs BuildContext(choose_layers=autoopt.sensitivity.float_layers): build the "
-                             "candidate with autoopt.build.build_candidate")
+            raise ValueError("int8_layers needs BuildContext(choose_layers=autoopt.trial.sensitivity.float_layers): build the "
+                             "candidate with autoopt.trial.build.build_candidate")
         return tuple(self.int8.get("float_layers") or ())
 
     def check_batches(self) -> list[tuple]:

@@ -6,7 +6,7 @@ import copy
 
 from .base import BuildContext, Built, Prepared, model_dtype, state_dict_mb, torch_predictor
 
-PROGRAMS = frozenset({"exported", "scripted"})  # the saved programs it builds from (autoopt.programs)
+PROGRAMS = frozenset({"exported", "scripted"})  # the saved programs it builds from (autoopt.study.programs)
 EXPORT = None  # nothing of its own to ship
 
 

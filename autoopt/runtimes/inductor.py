@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .base import BuildContext, Built, Prepared, cast_inputs, model_dtype, state_dict_mb, torch_built
 
-PROGRAMS = frozenset({"exported"})  # torch.export cannot capture a TorchScript program (autoopt.programs)
+PROGRAMS = frozenset({"exported"})  # torch.export cannot capture a TorchScript program (autoopt.study.programs)
 EXPORT = None  # nothing of its own to ship
 MODES = {"inductor": "default", "inductor_max_autotune": "max-autotune", "inductor_reduce_overhead": "reduce-overhead"}
 

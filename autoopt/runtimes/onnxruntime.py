@@ -20,7 +20,7 @@ from ..errors import Unsupported
 from .base import BuildContext, Built, ExportFormat, Prepared, export_shapes, flattened, in_layers, to_reference_dtypes
 
 REALIZES = frozenset({"quantization", "quant_granularity", "graph_fusion"})
-PROGRAMS = frozenset({"exported"})  # its exporter (dynamo: torch.export) cannot capture TorchScript (autoopt.programs)
+PROGRAMS = frozenset({"exported"})  # its exporter (dynamo: torch.export) cannot capture TorchScript (autoopt.study.programs)
 TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization",
                        "Gelu", "BiasGelu", "FastGelu", "EmbedLayerNormalization")
 

@@ -25,7 +25,7 @@ from .base import (BuildContext, Built, ExportFormat, Prepared, dynamic_axes, fl
                    to_reference_dtypes)
 
 REALIZES = frozenset({"quantization", "quant_granularity", "precision"})
-PROGRAMS = frozenset({"exported", "scripted"})  # the saved programs it builds from (autoopt.programs)
+PROGRAMS = frozenset({"exported", "scripted"})  # the saved programs it builds from (autoopt.study.programs)
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # the precision knob -> OpenVINO's INFERENCE_PRECISION_HINT
 MODULE = re.compile(r"__module\.inner\.([^/]+)/")  # the module path in a converted op's name (Flat's `inner`)
 

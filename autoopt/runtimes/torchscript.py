@@ -20,7 +20,7 @@ from ..errors import Unsupported
 from .base import (BuildContext, Built, ExportFormat, Prepared, cast_inputs, model_dtype, output_spec, outputs_close,
                    torch_built, torch_predictor)
 
-PROGRAMS = frozenset({"exported", "scripted"})  # the saved programs it builds from (autoopt.programs)
+PROGRAMS = frozenset({"exported", "scripted"})  # the saved programs it builds from (autoopt.study.programs)
 
 
 def script_module(model, example_inputs: tuple, check_inputs: list[tuple], scope: dict | None = None):

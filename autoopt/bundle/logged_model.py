@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .tracking import _mlflow, metric_name
+from ..report.tracking import _mlflow, metric_name
 
 
 def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, manifest: dict,
@@ -23,8 +23,8 @@ def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, mani
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from . import bundle_pyfunc
-    from .runtimes import export_format
+    from . import pyfunc as bundle_pyfunc
+    from ..runtimes import export_format
 
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri)

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError, option
+from ..errors import ConfigError, option
 
 EXAMPLE_INPUTS = "example_inputs.npz"  # a few rows of the pipeline's make_inputs, in input order (autoopt bench)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from .results import TrialState
+from ..report.results import TrialState
 
 
 @dataclass(frozen=True)

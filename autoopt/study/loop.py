@@ -14,14 +14,14 @@ import os
 import time
 from typing import Callable
 
-from . import knobs
+from .. import knobs
 from .budget import ABANDONED, STALE_S, Budget
-from .machine import host_id
-from .protocol import TrialResult
-from .results import INTERRUPTED, TrialRecord, TrialState, records
+from ..machine import host_id
+from ..trial.protocol import TrialResult
+from ..report.results import INTERRUPTED, TrialRecord, TrialState, records
 from .sampler import WarmStart
 from .storage import search_meta
-from .targets import Targets
+from ..targets import Targets
 
 def open_study(name: str, storage, seed: int | None, space, device: str, sampler: str = "tpe",
                target_latency_ms: float | None = None):

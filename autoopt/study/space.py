@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from . import knobs
-from .errors import ConfigError, option
+from .. import knobs
+from ..errors import ConfigError, option
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 DEFAULT_SPACE = "default"
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Space:
     notes: list[str] = field(default_factory=list)  # values dropped or added at load, for the user
     task: str = "infer"
     required: dict = field(default_factory=dict)  # knob values every sampled (not enqueued) trial must have
-    model_form: str = "module"  # a saved program's form (autoopt.programs.fit_space), for conflict()
+    model_form: str = "module"  # a saved program's form (autoopt.study.programs.fit_space), for conflict()
 
     def conflict(self, config: dict, device: str) -> str | None:
         """Why this combination cannot work here (knobs.conflict), or cannot change this space's saved program."""
@@ -300,7 +300,7 @@ def fit_pipeline(space: Space, pipeline, explicit: bool) -> None:
 def fit_checkpointing(space: Space, found: str, n_blocks: int, explicit: bool) -> None:
     """Checkpointing values the model's `n_blocks` repeated blocks (`found`) cannot carry: an error in
     the user's space file (`explicit`), dropped with a warning from the bundled default space."""
-    from .knobs.checkpointing import every
+    from ..knobs.checkpointing import every
 
     log = logging.getLogger("autoopt")
     domain = space.domains.get("checkpointing")

@@ -15,8 +15,8 @@ from typing import Callable
 
 from optuna.samplers import BaseSampler, RandomSampler
 
-from .errors import ConfigError, option
-from .targets import Targets
+from ..errors import ConfigError, option
+from ..targets import Targets
 
 MAX_DRAWS = 64
 # The knobs a step from the best trial changes first: those that move throughput most on CPUs and GPUs
@@ -101,7 +101,7 @@ class ValidConfigSampler(BaseSampler):
         if self.target_latency_ms is None or "batch_size" not in self.distributions:
             return None
         from .latency_curve import LatencyCurves
-        from .results import TrialRecord
+        from ..report.results import TrialRecord
 
         return LatencyCurves([TrialRecord.from_optuna(t) for t in finished], self.target_latency_ms)
 
@@ -111,7 +111,7 @@ class ValidConfigSampler(BaseSampler):
         grows with the batch until latency or memory stops it), else with one knob changed into a family
         (and thread count) not tried at any batch yet, the knobs that move throughput most first
         (NEIGHBOUR_ORDER). None: TPE's turn, or nothing left near it."""
-        from .results import frozen_feasible
+        from ..report.results import frozen_feasible
 
         feasible = [t for t in finished if frozen_feasible(t) and len(t.params) == len(self.distributions)]
         best = max(feasible, key=lambda t: t.value, default=None)
@@ -242,8 +242,8 @@ class WarmStart:
         if self.targets.latency_ms is not None and p95:
             per_sample_ms = p95 / reference.params.get("batch_size", 1)
             max_batch = self.targets.latency_ms / per_sample_ms * WARM_START_SPEEDUP
-        from . import knobs
-        from .machine import search_features
+        from .. import knobs
+        from ..machine import search_features
 
         trials = self.study.get_trials(deepcopy=False)
         seen = [knobs.canonical(c) for c in taken(trials, len(self.space.domains))]

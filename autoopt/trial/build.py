@@ -15,7 +15,7 @@ def calibration_batches(pipeline, config: dict | None = None) -> list[tuple]:
     """The pipeline's calibration_data, or seeded make_inputs batches when it has none; cut as the model cuts
     them where `config` trims padding (a quantizer calibrated on padded positions would widen its ranges
     for values the trimmed model never sees)."""
-    from .padding import trimmed_batches
+    from ..padding import trimmed_batches
 
     return trimmed_batches(_calibration_batches(pipeline), pipeline, (config or {}).get("trim_padding", "off"))
 
@@ -26,7 +26,7 @@ def _calibration_batches(pipeline) -> list[tuple]:
     if pipeline.calibration_data is not None:
         import itertools
 
-        from .pipeline import call_user
+        from ..pipeline import call_user
 
         def first_batches():
             return [tuple(batch) for batch in itertools.islice(pipeline.calibration_data(), CALIBRATION_BATCHES)]
@@ -45,7 +45,9 @@ def build_candidate(pipeline, config: dict, device: str, threads: int, workdir: 
     """Model-level knobs, then the runtime's prepare: (runtime, Prepared, context, build seconds).
     `accuracy_floor`: the lowest metric within the drop (int8_layers=auto); `float_layers`: the int8 layers
     to leave in float as given (an export ships the trial's own) instead of choosing them again."""
-    from . import knobs, programs, runtimes, sensitivity
+    from .. import knobs, runtimes
+    from ..study import programs
+    from . import sensitivity
 
     programs.check_build(pipeline, config)  # a saved program: before any work
     runtime = runtimes.get(config["compile_mode"])

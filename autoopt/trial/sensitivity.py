@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 
-from .cache import cache_dir, model_fingerprint
+from ..cache import cache_dir, model_fingerprint
 
 MAX_UNITS = 16
 RANKING_CALIBRATION_BATCHES = 4  # enough to rank; the trial's own build calibrates on all of them
@@ -46,7 +46,7 @@ def quantizable_units(model) -> list[str]:
 def family(config: dict) -> str:
     """The compile_mode whose quantizer realizes int8 for `config`: the runtime's own where it quantizes
     its graph (openvino, onnxruntime), else eager (torch FX: TorchScript runs the same int8 model)."""
-    from . import runtimes
+    from .. import runtimes
 
     mode = config.get("compile_mode", "eager")
     return mode if "quantization" in runtimes.get(mode).REALIZES else "eager"
@@ -54,7 +54,7 @@ def family(config: dict) -> str:
 
 def variant_predict(model, config: dict, ctx, float_units, calibration=None):
     """predict of `model` int8-quantized by `config`'s family with `float_units` left in float."""
-    from . import knobs, runtimes
+    from .. import knobs, runtimes
 
     mode = family(config)
     runtime = runtimes.get(mode)
@@ -87,7 +87,7 @@ def relative_error(predict, expected: list, batches: list) -> float:
 def _settings(config: dict) -> dict:
     """What a ranking depends on besides the model: knobs that change nothing here (graph_fusion off ORT) are
     at their baseline, so equivalent trials share one ranking."""
-    from . import knobs
+    from .. import knobs
 
     shown = knobs.canonical(config)
     return {"family": family(config), **{k: shown.get(k) for k in ("quantization", "quant_granularity", "precision",

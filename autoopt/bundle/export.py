@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import knobs, verifier
-from .bundle_dir import EXAMPLE_INPUTS, check_out, place_files
-from .errors import AutoOptError, ConfigError, ExportError, option
-from .results import TrialState, ranked_feasible, records
-from .runtimes import FORMATS, export_format, packages
-from .storage import trial_meta
+from .. import knobs
+from . import verifier
+from .directory import EXAMPLE_INPUTS, check_out, place_files
+from ..errors import AutoOptError, ConfigError, ExportError, option
+from ..report.results import TrialState, ranked_feasible, records
+from ..runtimes import FORMATS, export_format, packages
+from ..study.storage import trial_meta
 
 ACCURACY_TOLERANCE = 0.005  # the recomputed metric must match the trial's within half a point
 SAME_BUILD = (0.999, 0.05)  # (min cosine, relative error) of the shipped file against the same build in this process
@@ -78,8 +79,8 @@ def check_format(fmt: str, name: str = "format") -> str:
 def default_format(study, number: int | None) -> str:
     """The format `autoopt export` ships without --format: the study's --export, else the one that ships
     trial `number` (default: the best feasible trial), whatever its runtime (runtimes.format_for)."""
-    from .runtimes import format_for
-    from .storage import search_meta
+    from ..runtimes import format_for
+    from ..study.storage import search_meta
 
     if search_meta(study).get("export"):
         return search_meta(study)["export"]
@@ -128,11 +129,11 @@ def select_trial(study, number: int | None, fmt: str, carry: bool = False):
 
 def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) -> ExportResult:
     """Build, verify and write the bundle of `trial` (a TrialRecord of `study`) atomically to `out`."""
-    from .accuracy import candidate_accuracy
-    from .build import build_candidate
-    from .machine import cpu_info
-    from .padding import annotate_manifest
-    from .pipeline import load_pipeline
+    from ..trial.accuracy import candidate_accuracy
+    from ..trial.build import build_candidate
+    from ..machine import cpu_info
+    from ..padding import annotate_manifest
+    from ..pipeline import load_pipeline
 
     fmt_spec = export_format(fmt)
     meta = trial_meta(study, trial)
@@ -225,8 +226,8 @@ def model_manifest(fmt: str, config: dict, prepared, reference, example: tuple) 
     """What loading the model file takes: its format and name, the configuration, the inputs (names,
     shapes with a batch axis, dtypes), the reference's output structure and the runtime settings the
     trial was measured with (threads, the format's own settings, the malloc environment)."""
-    from .measure import allocator_env
-    from .runtimes.base import input_names
+    from ..trial.measure import allocator_env
+    from ..runtimes.base import input_names
 
     spec = export_format(fmt)
     names = prepared.state.get("input_names") or input_names(reference, len(example))

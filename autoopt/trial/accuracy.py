@@ -8,7 +8,7 @@ batches from `make_inputs` (seeded); the reference scores 1.0, so accuracy_drop 
 
 from __future__ import annotations
 
-from .pipeline import Pipeline, call_user, check_metric
+from ..pipeline import Pipeline, call_user, check_metric
 
 FIDELITY_BATCHES = 4
 FIDELITY_BATCH_SIZE = 16
@@ -47,7 +47,7 @@ def reference_accuracy(pipeline: Pipeline) -> float:
     """The reference's score: its `evaluate` metric on the eager fp32 reference model, or 1.0."""
     if pipeline.evaluate is None:
         return 1.0
-    from .runtimes.eager import predictor
+    from ..runtimes.eager import predictor
 
     where = pipeline.source or f"pipeline {pipeline.name!r}"
     model = pipeline.reference_model().eval()

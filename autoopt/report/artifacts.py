@@ -18,9 +18,9 @@ import logging
 import statistics
 from pathlib import Path
 
-from .measure import NOISY_CV
+from ..trial.measure import NOISY_CV
 from .results import TrialRecord, TrialState, pareto_front, ranked_feasible, speedup, winning_tie
-from .targets import Targets
+from ..targets import Targets
 
 METRIC_COLUMNS = ("throughput", "latency_ms_p50", "latency_ms_p95", "latency_cv", "latency_unreliable", "machine_load",
                   "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop", "grad_cosine", "build_s", "distill_s",
@@ -53,7 +53,7 @@ def write_report(trials: list[TrialRecord], targets: Targets, study, reference: 
 
 def sensitivity_files(trials: list[TrialRecord], workdir: Path) -> list[tuple[str, list[Path]]]:
     """Per int8 layer ranking the trials used (int8_layers): (its report.md section, [csv, png])."""
-    from .sensitivity import load_ranking
+    from ..trial.sensitivity import load_ranking
 
     out = []
     for key in dict.fromkeys(t.metrics.get("int8_ranking") for t in trials if t.metrics.get("int8_ranking")):
@@ -132,7 +132,7 @@ def budget(trials: list[TrialRecord]) -> dict[str, int]:
 
 
 def _line(t: TrialRecord, reference: TrialRecord | None) -> str:
-    from .knobs import describe
+    from ..knobs import describe
 
     m = t.metrics
     ratio = speedup(t, reference)

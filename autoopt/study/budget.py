@@ -8,8 +8,8 @@ import os
 import time
 from typing import Callable
 
-from .machine import host_id
-from .results import frozen_feasible
+from ..machine import host_id
+from ..report.results import frozen_feasible
 
 ABANDONED = ("abandoned: the search process running it died (killed?) or stopped beating; recovered by a later or "
              "concurrent search of the study")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MANIFEST_KEYS = ("format", "model_file", "config", "inputs", "outputs", "runtime")  # what loading a bundle reads
 
@@ -32,7 +32,7 @@ def read_manifest(path, who: str) -> dict:
     if missing:
         raise ConfigError(f"{who}: {manifest_file} lacks {', '.join(missing)}: it is not a manifest written by "
                           f"`autoopt export`. {again}")
-    from .runtimes import FORMATS, export_format
+    from ..runtimes import FORMATS, export_format
 
     if manifest["format"] not in FORMATS:
         raise ConfigError(f"{who}: {manifest_file} names format {manifest['format']!r}; this autoopt loads "
@@ -47,8 +47,8 @@ def read_manifest(path, who: str) -> dict:
 def load(path):
     from torch.utils import _pytree as pytree
 
-    from .measure import pin_allocator
-    from .runtimes import export_format
+    from ..trial.measure import pin_allocator
+    from ..runtimes import export_format
 
     bundle = Path(path)
     manifest = read_manifest(path, f"autoopt.load({str(path)!r})")

@@ -10,7 +10,7 @@ import random
 import time
 from pathlib import Path
 
-from .errors import ConfigError, option
+from ..errors import ConfigError, option
 
 
 def storage_backend(storage: str | None, store: Path | None):
@@ -79,7 +79,7 @@ def load_study(name: str | None, tracking_uri: str | os.PathLike | None = None, 
     these options used."""
     import optuna
 
-    from .tracking import resolve_store
+    from ..report.tracking import resolve_store
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _, store = resolve_store(tracking_uri)
@@ -140,7 +140,7 @@ def check_resume(study, signature: dict, space_source: str) -> None:
 def set_search_meta(study, meta: dict) -> None:
     """What a later export needs from this search process (pipeline file, MLflow store, parent run), kept per
     host: machines sharing a study each have their own store, and the last writer must not win."""
-    from .machine import host_id
+    from ..machine import host_id
 
     study.set_user_attr(f"autoopt@{host_id()}", meta)
     study.set_user_attr("autoopt", meta)  # the latest search's, for studies of one machine

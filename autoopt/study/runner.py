@@ -12,12 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .machine import available_cores
-from .options import SearchOptions
-from .protocol import TrialRequest, TrialResult
-from .results import TrialRecord, TrialState, ranked_feasible, records, reference_of, same_p95, tie_group
-from .study import known_numerics
-from .worker import Worker
+from ..machine import available_cores
+from ..options import SearchOptions
+from ..trial.protocol import TrialRequest, TrialResult
+from ..report.results import TrialRecord, TrialState, ranked_feasible, records, reference_of, same_p95, tie_group
+from .loop import known_numerics
+from ..trial.worker import Worker
 
 log = logging.getLogger("autoopt")
 REMEASURE_ROUNDS = 10
@@ -45,7 +45,7 @@ class Runner:
                             if options.task == "infer" and reference_accuracy is not None else None),
         )
         if options.task == "train":
-            from .training import reference_numerics
+            from ..trial.training import reference_numerics
 
             self.request = self.request.for_trial(reference_numerics=reference_numerics(pipe, options.device,
                                                                                         str(self.tmp)))
@@ -70,7 +70,7 @@ class Runner:
     def _screen_throughput(self, number: int) -> float | None:
         if self.options.task != "infer" or not (self.options.screen and self.options.early_stop):
             return None  # --no-screen, --no-early-stop: every trial timed fully
-        from .runtimes import FORMATS
+        from ..runtimes import FORMATS
 
         shipped = FORMATS[self.options.export] if self.options.export else None
         return contender_bar(self.study.get_trials(deepcopy=False), number, shipped)

@@ -17,7 +17,7 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
-from .errors import ConfigError, option
+from ..errors import ConfigError, option
 from .results import INTERRUPTED, TrialRecord, TrialState
 
 log = logging.getLogger("autoopt")
@@ -253,7 +253,7 @@ def wait_ui(proc: subprocess.Popen, base: str, timeout_s: float = 120.0) -> None
     """Until the UI answers on `base`; an AutoOptError when it exits first or stays silent."""
     import urllib.request
 
-    from .errors import AutoOptError
+    from ..errors import AutoOptError
 
     deadline = time.monotonic() + timeout_s
     while True:

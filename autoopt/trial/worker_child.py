@@ -1,4 +1,4 @@
-"""The worker process's side (`python -m autoopt.worker_child --serve FD`, started by worker.Worker): the serve
+"""The worker process's side (`python -m autoopt.trial.worker_child --serve FD`, started by worker.Worker): the serve
 loop, one request's task (candidate.py: an inference trial or a re-measurement; training.py; serving.py: the
 serving memory in a process of its own) and what the candidate raises turned into the trial's result.
 """
@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import Unsupported
+from ..errors import Unsupported
 from .measure import OverTarget
 from .protocol import TrialRequest, TrialResult
 
@@ -22,7 +22,7 @@ _PIPELINES: dict = {}  # a warm worker loads each pipeline once
 
 
 def _pipeline(request: TrialRequest):
-    from .pipeline import load_pipeline
+    from ..pipeline import load_pipeline
 
     key = request.pipeline_pickle or request.pipeline
     if key not in _PIPELINES:
@@ -104,12 +104,13 @@ def serve(done_fd: int) -> int:
     _die_with_parent()
     os.set_inheritable(done_fd, False)  # the worker's own children must not hold the pipe open
     done = os.fdopen(done_fd, "wb", buffering=0)
-    from .cache import cache_dir
+    from ..cache import cache_dir
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir("inductor"))  # compiled kernels, reusable
     import torch  # noqa: F401 - the point of a warm worker: paid once, before the first trial arrives
 
-    from . import accuracy, candidate, knobs, measure, runtimes  # noqa: F401
+    from . import accuracy, candidate, measure  # noqa: F401
+    from .. import knobs, runtimes  # noqa: F401
 
     measure.pin_allocator()
     for line in sys.stdin:
@@ -125,5 +126,5 @@ def serve(done_fd: int) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--serve"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m autoopt.worker_child --serve FD (started by autoopt, not by hand)")
+        sys.exit("usage: python -m autoopt.trial.worker_child --serve FD (started by autoopt, not by hand)")
     sys.exit(serve(int(sys.argv[2])))

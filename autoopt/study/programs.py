@@ -15,8 +15,8 @@ import functools
 import itertools
 import logging
 
-from . import knobs, runtimes
-from .errors import ConfigError, Unsupported
+from .. import knobs, runtimes
+from ..errors import ConfigError, Unsupported
 
 FORMS = {"exported": "a torch.export program", "scripted": "a TorchScript program"}
 

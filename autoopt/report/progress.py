@@ -15,7 +15,7 @@ from .results import TrialState
 
 
 def _describe(config: dict) -> str:
-    from .knobs import describe  # imports torch: only once a search runs
+    from ..knobs import describe  # imports torch: only once a search runs
 
     return describe(config)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .targets import Targets
+from ..targets import Targets
 
 INTERRUPTED = "interrupted by the user"  # the reason of a trial stopped by Ctrl-C
 
@@ -148,7 +148,7 @@ def ranked_feasible(trials: list[TrialRecord]) -> list[TrialRecord]:
     """Feasible trials by throughput, best first; a configuration appears once (in canonical form).
     The top trials re-measured interleaved at the end of the search come first, ranked by those
     figures (one stretch of the machine's time, so comparable), if they still met the targets there."""
-    from . import knobs
+    from .. import knobs
 
     seen, out = set(), []
     for t in sorted((t for t in trials if t.feasible), key=lambda t: -t.metrics["throughput"]):

@@ -24,8 +24,8 @@ import math
 import os
 import time
 
-from .knobs.checkpointing import wrap
-from .knobs.precision import torch_dtype
+from ..knobs.checkpointing import wrap
+from ..knobs.precision import torch_dtype
 from .measure import OverTarget, device_lock
 from .protocol import TrialRequest, TrialResult
 
@@ -164,7 +164,7 @@ def run_train_trial(pipeline, request: TrialRequest) -> TrialResult:
     import torch
 
     from .measure import latency_metrics, machine_load, time_steadily
-    from .runtimes.base import state_dict_mb
+    from ..runtimes.base import state_dict_mb
 
     config, device = request.config, request.device
     batch_size = int(config["batch_size"])

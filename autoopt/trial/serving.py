@@ -24,7 +24,7 @@ SERVE_CALLS = 5  # batches served before the high-water mark is read: the first 
 
 def serving_rss_mb(pipeline, runtime, prepared, config: dict, ctx, inputs: tuple, request) -> tuple[float, str]:
     """(MB, how it was served) for a built candidate, in a fresh process (see the module's docstring)."""
-    from .runtimes import format_for
+    from ..runtimes import format_for
 
     fmt = format_for(config["compile_mode"])
     if fmt is not None and prepared.artifact:
@@ -37,8 +37,8 @@ def bundle_rss_mb(pipeline, fmt: str, config: dict, prepared, inputs: tuple, fol
     """The bundle of `prepared` (format `fmt`) served by its plain loader in a fresh process without autoopt."""
     import numpy as np
 
-    from .bundle import model_manifest, place_files, run_verifier
-    from .runtimes import export_format
+    from ..bundle.export import model_manifest, place_files, run_verifier
+    from ..runtimes import export_format
 
     spec = export_format(fmt)
     bundle = folder / "bundle"
@@ -57,8 +57,8 @@ def bundle_rss_mb(pipeline, fmt: str, config: dict, prepared, inputs: tuple, fol
 
 def _fresh_worker_rss_mb(request, folder: Path) -> float:
     """Task "serve" (serve_in_python) in a worker process of its own."""
-    from .errors import AutoOptError
-    from .results import TrialState
+    from ..errors import AutoOptError
+    from ..report.results import TrialState
     from .worker import Worker
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def serve_in_python(pipeline, request):
     from .build import build_candidate
     from .measure import _read_hwm_bytes, _reset_hwm
     from .protocol import TrialResult
-    from .runtimes import format_for
+    from ..runtimes import format_for
 
     config = request.config
     threads = int(config.get("threads", request.threads))

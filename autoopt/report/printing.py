@@ -17,7 +17,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def describe(config: dict) -> str:
-    from .knobs import describe  # imports torch: only once a search runs
+    from ..knobs import describe  # imports torch: only once a search runs
 
     return describe(config)
 

@@ -27,7 +27,7 @@ LINEAR_MARGIN = 2.0  # what the extrapolation must exceed the target by (the don
 def family(config: dict) -> tuple:
     """The configuration without batch size and threads, in canonical form (knobs that change nothing
     do not split a family)."""
-    from . import knobs
+    from .. import knobs
 
     return tuple(sorted((k, v) for k, v in knobs.canonical(config).items() if k not in ("batch_size", "threads")))
 

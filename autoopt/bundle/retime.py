@@ -16,8 +16,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from .bundle_dir import EXAMPLE_INPUTS
-from .errors import ConfigError, ExportError
+from .directory import EXAMPLE_INPUTS
+from ..errors import ConfigError, ExportError
 
 
 def tiled(arrays: list, batch: int) -> list:
@@ -31,10 +31,10 @@ def retime(path, batch: int | None = None, processes: int = 3) -> dict:
     """Re-time the bundle at `path` at `batch` (default: the trial's) in `processes` fresh processes."""
     import numpy as np
 
-    from .bundle import run_verifier
+    from .export import run_verifier
     from .loader import read_manifest
-    from .machine import cpu_description
-    from .runtimes import export_format
+    from ..machine import cpu_description
+    from ..runtimes import export_format
 
     manifest = read_manifest(path, f"Bundle {path}")
     bundle = Path(path).resolve()

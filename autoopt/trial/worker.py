@@ -49,7 +49,7 @@ class Worker:
         self.started += 1
         with open(os.path.join(self.log_dir, f"worker-{os.getpid()}-{id(self)}.log"), "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "autoopt.worker_child", "--serve", str(write_fd)],
+                [sys.executable, "-m", "autoopt.trial.worker_child", "--serve", str(write_fd)],
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
                 start_new_session=True,
             )

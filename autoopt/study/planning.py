@@ -53,7 +53,7 @@ def values(domain) -> list | None:
 
 
 def _integer(domain) -> bool:
-    from . import knobs
+    from .. import knobs
 
     return knobs.REGISTRY[domain.name].integer
 
@@ -67,7 +67,7 @@ def _size(domain) -> float:
 def count_distinct(space, device: str) -> tuple[float, list[str]]:
     """(distinct valid configurations, the large domains counted as independent factors). Those are
     the numeric knobs such as batch_size: relevant in every configuration, so they multiply the count."""
-    from . import knobs
+    from .. import knobs
 
     enumerated = {name: v for name, d in space.domains.items() if (v := values(d)) is not None}
     large = [name for name in space.domains if name not in enumerated]
