@@ -1,6 +1,6 @@
 """Export a trial for deployment: the bundle (model file + manifest), built and verified.
 
-(Named bundle.py, not export.py: a submodule named `export` would shadow the `autoopt.export()` function.)
+(autoopt.bundle.export: a submodule of `bundle`, so it does not shadow the `autoopt.export()` function.)
 
 The bundle directory holds the model file its format names (`model.onnx`, `model.pt`, ...) and
 `autoopt.json`. The runtime that built the trial's `predict` writes the file, so what ships is what

@@ -1,4 +1,4 @@
-"""The exported bundle as a logged MLflow model: one pyfunc for every format (bundle_pyfunc.py) that runs
+"""The exported bundle as a logged MLflow model: one pyfunc for every format (bundle/pyfunc.py) that runs
 the bundle with its format's plain loader, so that what MLflow loads and serves is what was measured."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from ..report.tracking import _mlflow, metric_name
 
 def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, manifest: dict,
                        register: str | None = None) -> str:
-    """Log the bundle on the study's parent run as one pyfunc (bundle_pyfunc.py) that runs it with its
+    """Log the bundle on the study's parent run as one pyfunc (bundle/pyfunc.py) that runs it with its
     format's plain loader, so MLflow serves what was measured: the trial's runtime settings and malloc
     thresholds, requirements pinned to the manifest's versions, a signature with a dynamic batch axis and
     an example for every input, the knob configuration as the model's params and the trial's figures as
@@ -48,7 +48,7 @@ def log_exported_model(tracking_uri: str, parent_run_id: str, bundle: Path, mani
                 input_example=example, params={k: str(v) for k, v in manifest["config"].items()})
             figures = {metric_name(k): v for k, v in (manifest.get("metrics") or {}).items()}
             figures.update({f"remeasured_{metric_name(k)}": v for k, v in (manifest.get("remeasured") or {}).items()})
-            # the bundle's own: its fresh-process verification served it (bundle.py)
+            # the bundle's own: its fresh-process verification served it (bundle/export.py)
             figures["serving_rss_mb"] = manifest.get("verification", {}).get("serving_rss_mb")
             metrics = {k: float(v) for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if metrics:

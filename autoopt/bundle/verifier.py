@@ -1,6 +1,6 @@
 """The fresh-process check of an exported bundle: proof that it needs nothing of autoopt.
 
-`bundle.py` runs this file as a script in a new interpreter (`python -I verifier.py REQUEST`), where
+`bundle/export.py` runs this file as a script in a new interpreter (`python -I verifier.py REQUEST`), where
 `import autoopt` is made impossible. It loads the bundle with its format's plain loader (a
 self-contained function of the runtime, sent as source: see runtimes.base.ExportFormat), runs the
 saved inputs at each batch size, and times one batch size as a deployment would see it.
