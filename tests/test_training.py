@@ -138,3 +138,15 @@ def test_fp16_training_step_uses_a_grad_scaler_on_cuda(tmp_path):
     batch = tuple(t.cuda() for t in pipeline.make_batch(32))
     step(batch)
     assert training.step_peak_memory_mb(step, batch, "cuda", str(tmp_path)) > 0
+
+
+def test_the_training_step_takes_its_forward_from_the_compile_mode_s_runtime():
+    from autoopt import runtimes
+    from autoopt.errors import Unsupported
+
+    pipeline = load_pipeline(TINY_TRAIN)
+    with pytest.raises(Unsupported, match=r"compile_mode=onnxruntime runs no training step \(--task train\)"):
+        training.build_step(pipeline, {**FP32, "compile_mode": "onnxruntime"}, "cpu")
+    model = pipeline.build_model()
+    assert runtimes.get("eager").train_forward(model, FP32) is model
+    assert runtimes.get("inductor").train_forward is not None and runtimes.get("openvino").train_forward is None

@@ -64,6 +64,8 @@ class Runtime(Protocol):
     prepare(model, config, ctx) -> Prepared: the offline work (export, quantization, compilation)
         that produces what would be shipped, and its size; timed as `build_s`. `model` is in eval mode.
     load(prepared, config, ctx) -> Built: what a server does with it (load a file, create a session).
+    train_forward(model, config) -> the forward the training step calls (--task train), or None where the runtime
+        does not run a training step (module attribute None).
     """
 
     REALIZES: frozenset
@@ -84,8 +86,9 @@ def _never(*_args) -> None:
 
 
 # What a runtime module may leave out (runtimes.get completes it): no knob of its own, no saved program, no file to
-# ship, available everywhere, no conflict.
-DEFAULTS = {"REALIZES": frozenset(), "PROGRAMS": frozenset(), "EXPORT": None, "unavailable": _never, "conflict": _never}
+# ship, available everywhere, no conflict, no training step.
+DEFAULTS = {"REALIZES": frozenset(), "PROGRAMS": frozenset(), "EXPORT": None, "unavailable": _never, "conflict": _never,
+            "train_forward": None}
 
 
 def complete(module):

@@ -16,6 +16,10 @@ def predictor(model, device: str = "cpu"):
     return torch_predictor(model, model_dtype(model), device, grad_mode=torch.inference_mode)
 
 
+def train_forward(model, config: dict):
+    return model
+
+
 def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     return Prepared(state_dict_mb(model), state={"model": model})
 

@@ -24,6 +24,13 @@ def unavailable(value: str, device: str) -> str | None:
     return None
 
 
+def train_forward(model, config: dict):
+    """The training step's forward, compiled (backward too, by AOTAutograd), for static shapes."""
+    import torch
+
+    return torch.compile(model, mode=MODES[config["compile_mode"]], dynamic=False)
+
+
 def prepare(model, config: dict, ctx: BuildContext) -> Prepared:
     import torch
     import torch._inductor.config as inductor_config

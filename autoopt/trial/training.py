@@ -52,6 +52,18 @@ def _without_dropout(model) -> None:
             module.dropout = 0.0
 
 
+def _forward(model, config: dict):
+    """The forward the step calls: what the compile_mode's runtime makes of the model for training."""
+    from .. import runtimes
+    from ..errors import Unsupported
+
+    mode = config.get("compile_mode", "eager")
+    runtime = runtimes.get(mode)
+    if runtime.train_forward is None:
+        raise Unsupported(f"compile_mode={mode} runs no training step (--task train)", {"compile_mode": mode})
+    return runtime.train_forward(model, config)
+
+
 def build_step(pipeline, config: dict, device: str, dropout: bool = True):
     """(step(batch) -> loss, model): the configured training step on a fresh copy of the model."""
     import torch
@@ -62,7 +74,7 @@ def build_step(pipeline, config: dict, device: str, dropout: bool = True):
         _without_dropout(model)
     _, blocks = pipeline.train_blocks(model)
     wrap(blocks, config.get("checkpointing", "none"))
-    forward = torch.compile(model, dynamic=False) if config.get("compile_mode") == "inductor" else model
+    forward = _forward(model, config)
     optimizer = pipeline.optimizer(model.parameters())
     precision = config.get("precision", "fp32")
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None  # fp16 gradients underflow
