@@ -343,6 +343,6 @@ def _export_and_log(optuna_study, chosen: TrialRecord, fmt: str, out, register: 
         log.warning("The bundle is written; its MLflow model is not logged: trial %d ran on host %s, whose MLflow store "
                     "(%s) is not on this machine.", chosen.number, meta["host"], meta["tracking_uri"])
     elif meta.get("parent_run_id"):
-        result.manifest["mlflow_model_uri"] = log_exported_model(
+        result.manifest.mlflow_model_uri = log_exported_model(
             meta["tracking_uri"], meta["parent_run_id"], result.path, result.manifest, register)
     return result

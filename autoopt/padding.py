@@ -55,25 +55,25 @@ def trimmed_batches(batches: list[tuple], pipeline, value: str) -> list[tuple]:
     return [trim(b, found, multiple(value)) for b in batches]
 
 
-def annotate_manifest(manifest: dict, pipeline) -> None:
-    """A bundle of a trimming model: the manifest says what it expects (`padding`), and the inputs it cuts have
-    a `sequence` axis."""
-    value = manifest["config"].get("trim_padding", "off")
+def annotate_manifest(manifest, pipeline) -> None:
+    """A bundle of a trimming model: the manifest (bundle.manifest.Manifest) says what it expects (`padding`), and
+    the inputs it cuts have a `sequence` axis."""
+    value = manifest.config.get("trim_padding", "off")
     # A declared mask (hf:PATH declares one) is said even untrimmed: a server must pad as the bundle was timed.
     found = find(pipeline) if value != "off" or pipeline.padding_mask not in (None, False) else None
     if found is None:
         return
     if value == "off":
-        mask = next(e for e in manifest["inputs"] if e["name"] == found.names[found.mask])
-        manifest["padding"] = {"mask": mask["name"], "trims": [], "expects": "right padding: the mask's zeros end each row",
+        mask = next(e for e in manifest.inputs if e["name"] == found.names[found.mask])
+        manifest.padding = {"mask": mask["name"], "trims": [], "expects": "right padding: the mask's zeros end each row",
                                "sequence_axis": f"fixed: every input padded to {mask['shape'][1]} positions, as timed"}
         return
     trims = [found.names[i] for i in found.padded]
-    manifest["padding"] = {
+    manifest.padding = {
         "mask": found.names[found.mask], "trims": trims, "bucket": multiple(value),
         "expects": "right padding: the mask's zeros end each row (the model keeps each batch's longest real row)",
         "sequence_axis": "dynamic: the trimmed inputs may come padded to any length"}
-    for entry in manifest["inputs"]:
+    for entry in manifest.inputs:
         if entry["name"] in trims:
             entry["shape"][1] = "sequence"
 

@@ -275,7 +275,7 @@ def test_an_approximate_export_is_verified_against_the_trial_s_own_model(tmp_pat
     for overrides, passes in (({"quantization": "dynamic_int8"}, True), ({}, False)):
         config = {**knobs.reference_config(), "compile_mode": "onnxruntime", "threads": 1, **overrides}
         manifest = bundle_module.model_manifest("onnx", config, prepared, pipe.build_model(), pipe.make_inputs(2))
-        (out / "autoopt.json").write_text(json.dumps(manifest))
+        manifest.write(out)
         if not passes:
             with pytest.raises(ExportError, match=r"differs from the original model: max abs error .* \(needs cosine"):
                 bundle_module._verify(out, manifest, pipe, far, 3, pipe.build_model())

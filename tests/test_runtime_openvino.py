@@ -1,7 +1,6 @@
 """What is specific to the openvino runtime: honest precision hints, NNCF int8, its conflicts, the IR
 cache, and the MLflow pyfunc of an exported IR. (The conformance suite in test_runtimes.py covers the rest.)"""
 
-import json
 import os
 import shutil
 
@@ -88,7 +87,7 @@ def test_the_logged_pyfunc_loads_and_predicts_without_autoopt(tmp_path):
     out.mkdir()
     for name in ("model.xml", "model.bin"):
         shutil.copyfile(os.path.join(os.path.dirname(prepared.artifact), name), out / name)
-    (out / "autoopt.json").write_text(json.dumps(manifest))
+    manifest.write(out)
     uri, store = resolve_store(tmp_path / "store")
     run_id = Tracker(uri, store, "ov").start_study("ov", {})
     model = mlflow.pyfunc.load_model(log_exported_model(uri, run_id, out, manifest))

@@ -2,7 +2,6 @@
 with the output structure kept, and for an exportable runtime a bundle that a fresh process without
 autoopt, `autoopt.load` and MLflow all take. Then what is specific to each runtime."""
 
-import json
 import os
 import shutil
 
@@ -111,7 +110,7 @@ def bundle_dir(request, tmp_path):
     shutil.copyfile(prepared.artifact, out / manifest["model_file"])
     for companion in spec.companions:
         shutil.copyfile(os.path.join(os.path.dirname(prepared.artifact), companion), out / companion)
-    (out / "autoopt.json").write_text(json.dumps(manifest))
+    manifest.write(out)
     if spec.check is not None:
         spec.check(str(out / manifest["model_file"]))
     return out, spec, pipe
@@ -133,6 +132,7 @@ def test_an_exportable_runtime_s_bundle_runs_in_a_process_without_autoopt(bundle
 
 def test_an_exportable_runtime_s_bundle_loads_with_autoopt_load_and_logs_to_mlflow(bundle_dir, tmp_path):
     from autoopt.bundle.logged_model import log_exported_model
+    from autoopt.bundle.manifest import read as read_manifest
     from autoopt.report.tracking import Tracker, resolve_store
 
     out, spec, pipe = bundle_dir
@@ -143,7 +143,7 @@ def test_an_exportable_runtime_s_bundle_loads_with_autoopt_load_and_logs_to_mlfl
     uri, store = resolve_store(tmp_path / "store")
     tracker = Tracker(uri, store, "conformance")
     run_id = tracker.start_study("conformance", {})
-    manifest = json.loads((out / "autoopt.json").read_text())
+    manifest = read_manifest(out, "the conformance test")
     model_uri = log_exported_model(uri, run_id, out, manifest)
     import mlflow
 

@@ -253,7 +253,7 @@ def test_a_bundle_reloaded_in_a_fresh_process_trims_by_itself(fmt, tmp_path):
     shutil.copyfile(prepared.artifact, out / manifest["model_file"])
     for companion in runtimes.export_format(fmt).companions:
         shutil.copyfile(os.path.join(os.path.dirname(prepared.artifact), companion), out / companion)
-    (out / "autoopt.json").write_text(json.dumps(manifest))
+    manifest.write(out)
     work = tmp_path / "work"
     work.mkdir()
     ids, mask = pipe.make_inputs(3)

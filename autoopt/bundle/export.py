@@ -16,6 +16,7 @@ with the numbers and leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 from .. import knobs
 from . import verifier
 from .directory import EXAMPLE_INPUTS, check_out, place_files
+from .manifest import Manifest
 from ..errors import AutoOptError, ConfigError, ExportError, option
 from ..report.results import TrialState, ranked_feasible, records
 from ..runtimes import FORMATS, export_format, packages
@@ -43,7 +45,7 @@ VERIFY_TIMING_S = {"warmup_s": 0.5, "block_s": 1.0}  # the verifier's warm-up an
 @dataclass
 class ExportResult:
     path: Path
-    manifest: dict
+    manifest: Manifest
 
 
 def _flat(outputs, prefix: str = "") -> dict:
@@ -160,33 +162,29 @@ def export_trial(study, trial, fmt: str, out: str | os.PathLike, pipeline=None) 
             if extra not in shipped:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
         _write_example_inputs(tmp, pipe)
-        manifest = {
-            **model_manifest(fmt, config, prepared, reference, pipe.make_inputs(2)),
-            "metrics": {k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
-                                                           "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop")},
-            "remeasured": trial.remeasured,  # the end-of-search interleaved figures, when the trial took part
-            "measured_as": trial.config.get("compile_mode"),  # differs from config's when the format carried it
-            "build_s": build_s, "built_by": prepared.state.get("how", FORMATS[fmt]),
-            "float_layers": ctx.int8.get("float_layers", []),  # int8_layers: the layers int8 left in float
-            "versions": package_versions("autoopt", "torch", *packages()),
-            "machine": cpu_info(),  # the machine that built and verified the bundle
-            "source": {"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,
-                       "mlflow_parent_run_id": meta.get("parent_run_id"), "pipeline": pipe.name},
-        }
+        manifest = dataclasses.replace(
+            model_manifest(fmt, config, prepared, reference, pipe.make_inputs(2)),
+            metrics={k: trial.metrics.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "throughput",
+                                                        "peak_memory_mb", "model_size_mb", "accuracy", "accuracy_drop")},
+            remeasured=trial.remeasured, measured_as=trial.config.get("compile_mode"),
+            build_s=build_s, built_by=prepared.state.get("how", FORMATS[fmt]),
+            float_layers=ctx.int8.get("float_layers", []),  # int8_layers: the layers int8 left in float
+            versions=package_versions("autoopt", "torch", *packages()), machine=cpu_info(),
+            source={"study": study.study_name, "trial": trial.number, "mlflow_run_id": trial.run_id,
+                    "mlflow_parent_run_id": meta.get("parent_run_id"), "pipeline": pipe.name})
         annotate_manifest(manifest, pipe)  # trim_padding: what the model expects of its padded inputs
-        (tmp / "autoopt.json").write_text(json.dumps(manifest, indent=2))
+        manifest.write(tmp)
         if fmt_spec.check is not None:
             fmt_spec.check(str(model_file))
-        manifest["verification"] = _verify(tmp, manifest, pipe, compared, batch,
-                                           runtime.load(prepared, config, ctx).predict)
+        manifest.verification = _verify(tmp, manifest, pipe, compared, batch, runtime.load(prepared, config, ctx).predict)
         from .loader import load
 
         accuracy = candidate_accuracy(pipe, load(tmp))
-        manifest["verification"]["accuracy"] = accuracy
+        manifest.verification["accuracy"] = accuracy
         if abs(accuracy - trial.metrics["accuracy"]) > ACCURACY_TOLERANCE:
             raise ExportError(f"the exported file scores {accuracy:.4f} where the trial measured "
                               f"{trial.metrics['accuracy']:.4f} (more than {ACCURACY_TOLERANCE} apart)")
-        (tmp / "autoopt.json").write_text(json.dumps(manifest, indent=2))
+        manifest.write(tmp)
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
@@ -212,8 +210,6 @@ def _write_example_inputs(bundle: Path, pipe) -> None:
 def _fidelity_model(pipe, config: dict, ctx, reference):
     """The model the exported file is compared with: `reference` (build_model's), or the retrained one where a
     knob retrained the weights (knobs.fidelity_base: a distilled student, fp32 eager, from the cache)."""
-    import dataclasses
-
     base = knobs.fidelity_base(config)
     if not base:
         return reference
@@ -222,7 +218,7 @@ def _fidelity_model(pipe, config: dict, ctx, reference):
     return model
 
 
-def model_manifest(fmt: str, config: dict, prepared, reference, example: tuple) -> dict:
+def model_manifest(fmt: str, config: dict, prepared, reference, example: tuple) -> Manifest:
     """What loading the model file takes: its format and name, the configuration, the inputs (names,
     shapes with a batch axis, dtypes), the reference's output structure and the runtime settings the
     trial was measured with (threads, the format's own settings, the malloc environment)."""
@@ -231,14 +227,12 @@ def model_manifest(fmt: str, config: dict, prepared, reference, example: tuple) 
 
     spec = export_format(fmt)
     names = prepared.state.get("input_names") or input_names(reference, len(example))
-    return {
-        "format": fmt, "model_file": spec.model_file, "config": config,
-        "inputs": [{"name": name, "shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).replace("torch.", "")}
-                   for name, t in zip(names, example)],
-        "outputs": _output_structure(reference, example),
-        "runtime": {"threads": int(config["threads"]), **spec.settings(config, prepared),
-                    "environment": allocator_env()},
-    }
+    return Manifest(
+        format=fmt, model_file=spec.model_file, config=config,
+        inputs=[{"name": name, "shape": ["batch", *t.shape[1:]], "dtype": str(t.dtype).replace("torch.", "")}
+                for name, t in zip(names, example)],
+        outputs=_output_structure(reference, example),
+        runtime={"threads": int(config["threads"]), **spec.settings(config, prepared), "environment": allocator_env()})
 
 
 def _output_structure(model, example) -> dict:
@@ -250,7 +244,7 @@ def _output_structure(model, example) -> dict:
     return {"paths": list(_flat(outputs)), "pytree": pytree.treespec_dumps(pytree.tree_flatten(outputs)[1])}
 
 
-def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int, measured=None) -> dict:
+def _verify(bundle: Path, manifest: Manifest, pipe, reference, batch: int, measured=None) -> dict:
     """Load and run the bundle in a fresh process that cannot import autoopt; compare with `reference` (the
     original model, or the retrained one: _fidelity_model) or, for an approximation by design, with `measured`
     (the trial's model built in this process: predict)."""
@@ -258,21 +252,20 @@ def _verify(bundle: Path, manifest: dict, pipe, reference, batch: int, measured=
 
     work = Path(tempfile.mkdtemp(prefix="autoopt-verify-"))
     try:
-        fixed = manifest["runtime"].get("fixed_batch")  # a package compiled for one batch size runs that one
-        batches = [fixed] if fixed else sorted({3, batch})
+        batches = [manifest.fixed_batch] if manifest.fixed_batch else sorted({3, batch})
         inputs = {b: pipe.make_inputs(b) for b in batches}  # once: make_inputs may be random
         for b in batches:
             np.savez(work / f"inputs_{b}.npz", *[t.numpy() for t in inputs[b]])
-        environment = manifest["runtime"]["environment"]
-        fmt = export_format(manifest["format"])
+        environment = manifest.environment
+        fmt = export_format(manifest.format)
         report = run_verifier(work, bundle, fmt, batches, batch, {**os.environ, **environment})
         # The same timing without the recorded environment: what a deployment that skips it would see.
         plain = run_verifier(work, bundle, fmt, [], batch,
                              {k: v for k, v in os.environ.items() if k not in environment}) if environment else report
-        base = knobs.fidelity_base(manifest["config"])
+        base = knobs.fidelity_base(manifest.config)
         compared_with = f"the retrained model ({knobs.describe(base)})" if base else "the original model"
         to_reference = _compare(work, inputs, reference)
-        min_cos, rel = knobs.export_tolerance(manifest["config"])
+        min_cos, rel = knobs.export_tolerance(manifest.config)
         gate = {"compared_with": compared_with, **to_reference}
         if rel == float("inf") and measured is not None:
             # An approximation by design (int8, pruning) is bounded by the metric check below, which the trial passed:

@@ -32,46 +32,45 @@ def retime(path, batch: int | None = None, processes: int = 3) -> dict:
     import numpy as np
 
     from .export import run_verifier
-    from .loader import read_manifest
+    from . import manifest as bundle_manifest
     from ..machine import cpu_description
     from ..runtimes import export_format
 
-    manifest = read_manifest(path, f"Bundle {path}")
+    manifest = bundle_manifest.read(path, f"Bundle {path}")
     bundle = Path(path).resolve()
     if not (bundle / EXAMPLE_INPUTS).is_file():
         raise ConfigError(f"Bundle {path} has no {EXAMPLE_INPUTS} (it was exported by an earlier autoopt): there are "
                           "no inputs to time it on. Export it again with `autoopt export`.")
-    fixed = manifest["runtime"].get("fixed_batch")
+    fixed = manifest.fixed_batch
     if fixed and batch and int(batch) != fixed:
         raise ConfigError(f"Bundle {path} was compiled for batch size {fixed} only (its model could not be exported "
                           f"with a dynamic batch). Got --batch {batch}. Drop --batch, or pass --batch {fixed}.")
-    batch = int(batch or manifest["config"]["batch_size"])
+    batch = int(batch or manifest.config["batch_size"])
     with np.load(bundle / EXAMPLE_INPUTS) as data:
-        example = [data[f"arr_{i}"] for i in range(len(manifest["inputs"]))]
+        example = [data[f"arr_{i}"] for i in range(len(manifest.inputs))]
     work = Path(tempfile.mkdtemp(prefix="autoopt-bench-"))
     try:
         np.savez(work / f"inputs_{batch}.npz", *tiled(example, batch))
-        env = {**os.environ, **manifest["runtime"].get("environment", {})}
-        fmt = export_format(manifest["format"])
+        env = {**os.environ, **manifest.environment}
+        fmt = export_format(manifest.format)
         try:
             reports = [run_verifier(work, bundle, fmt, [], batch, env) for _ in range(processes)]
         except ExportError as exc:  # the manifest read fine: the model file itself is damaged or foreign
-            raise ConfigError(f"Bundle {path}: its model file {bundle / manifest['model_file']} does not load or run "
+            raise ConfigError(f"Bundle {path}: its model file {bundle / manifest.model_file} does not load or run "
                               f"in a fresh process ({str(exc).partition(': ')[2]}). Export the trial again with "
                               "`autoopt export`.") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     p50 = statistics.median(r["latency_ms_p50"] for r in reports)
-    recorded = manifest.get("remeasured") or manifest["metrics"]
     return {
-        "bundle": str(bundle), "format": manifest["format"], "batch": batch, "processes": processes,
+        "bundle": str(bundle), "format": manifest.format, "batch": batch, "processes": processes,
         "latency_ms_p50": p50, "latency_ms_p95": statistics.median(r["latency_ms_p95"] for r in reports),
         "throughput": batch / (p50 / 1e3), "per_process_p50_ms": [r["latency_ms_p50"] for r in reports],
         "serving_rss_mb": statistics.median(r["serving_rss_mb"] for r in reports),
-        "export_serving_rss_mb": manifest.get("verification", {}).get("serving_rss_mb"),
-        "cpu": cpu_description(), "built_on": cpu_description(manifest["machine"]) if "machine" in manifest else None,
-        "search": {"batch": manifest["config"]["batch_size"], "latency_ms_p50": recorded.get("latency_ms_p50"),
-                   "latency_ms_p95": recorded.get("latency_ms_p95"), "throughput": recorded.get("throughput"),
-                   "remeasured": bool(manifest.get("remeasured"))},
-        "export_fresh_process_latency_ms_p50": manifest.get("verification", {}).get("fresh_process_latency_ms_p50"),
+        "export_serving_rss_mb": manifest.verified.get("serving_rss_mb"),
+        "cpu": cpu_description(), "built_on": cpu_description(manifest.machine) if manifest.machine else None,
+        "search": {"batch": manifest.config["batch_size"], "latency_ms_p50": manifest.recorded.get("latency_ms_p50"),
+                   "latency_ms_p95": manifest.recorded.get("latency_ms_p95"), "throughput": manifest.recorded.get("throughput"),
+                   "remeasured": bool(manifest.remeasured)},
+        "export_fresh_process_latency_ms_p50": manifest.verified.get("fresh_process_latency_ms_p50"),
     }

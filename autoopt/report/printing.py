@@ -113,25 +113,26 @@ def print_plan(plan) -> None:
 
 
 def print_export(exported) -> None:
-    v, m = exported.manifest["verification"], exported.manifest
-    console.print(f"[bold green]Exported[/] trial {m['source']['trial']} to {exported.path} ({m['format']}, "
-                  f"{m['metrics']['model_size_mb']:.2f} MB): verified in a fresh process without autoopt, max abs "
+    m = exported.manifest
+    v = m.verified
+    console.print(f"[bold green]Exported[/] trial {m.source['trial']} to {exported.path} ({m.format}, "
+                  f"{m.metrics['model_size_mb']:.2f} MB): verified in a fresh process without autoopt, max abs "
                   f"error {v['max_abs_error']:.2g}, cosine {v['min_cosine']:.6f}, accuracy {v['accuracy']:.4f}; "
                   f"serving_rss_mb {v['serving_rss_mb']:,.0f} (peak resident memory of that process); "
                   f"latency p50 {v['fresh_process_latency_ms_p50']:.2f} ms there vs "
-                  + (f"{m['remeasured']['latency_ms_p50']:.2f} ms in the search's re-measurement"
-                     if m.get("remeasured") else f"{m['metrics']['latency_ms_p50']:.2f} ms in the search"),
+                  + (f"{m.remeasured['latency_ms_p50']:.2f} ms in the search's re-measurement"
+                     if m.remeasured else f"{m.metrics['latency_ms_p50']:.2f} ms in the search"),
                   highlight=False)
-    environment = m["runtime"].get("environment")
+    environment = m.environment
     if environment:
         console.print(f"Run it with {' '.join(f'{k}={v}' for k, v in environment.items())} in the environment: the "
                       f"malloc thresholds it was measured with (autoopt.load applies them); without them "
                       f"p50 was {v['fresh_process_latency_ms_p50_without_environment']:.2f} ms.", highlight=False)
-    if m.get("measured_as") and m["measured_as"] != m["config"]["compile_mode"]:
-        console.print(f"The trial ran on compile_mode={m['measured_as']}; {m['format']} ships it built on "
-                      f"compile_mode={m['config']['compile_mode']}, verified and re-timed above.", highlight=False)
-    if m.get("mlflow_model_uri"):
-        console.print(f"MLflow model: {m['mlflow_model_uri']}", highlight=False)
+    if m.measured_as and m.measured_as != m.config["compile_mode"]:
+        console.print(f"The trial ran on compile_mode={m.measured_as}; {m.format} ships it built on "
+                      f"compile_mode={m.config['compile_mode']}, verified and re-timed above.", highlight=False)
+    if m.mlflow_model_uri:
+        console.print(f"MLflow model: {m.mlflow_model_uri}", highlight=False)
 
 
 def print_bench(figures: dict) -> None:

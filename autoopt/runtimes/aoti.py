@@ -113,12 +113,12 @@ def plain_loader(bundle: str, manifest: dict):
     return run
 
 
-def _load_bundle(bundle, manifest: dict, spec):
+def _load_bundle(bundle, manifest, spec):
     import torch
 
-    torch.set_num_threads(manifest["runtime"]["threads"])
-    package = torch._inductor.aoti_load_package(str(bundle / manifest["model_file"]))
-    return torch_predictor(package, getattr(torch, manifest["runtime"]["dtype"]), "cpu", spec)
+    torch.set_num_threads(manifest.runtime["threads"])
+    package = torch._inductor.aoti_load_package(str(bundle / manifest.model_file))
+    return torch_predictor(package, getattr(torch, manifest.runtime["dtype"]), "cpu", spec)
 
 
 def _settings(config: dict, prepared: Prepared) -> dict:

@@ -22,8 +22,8 @@ class ExportFormat:
         loads the model file with stock packages only. It must be self-contained (imports inside, no
         autoopt, no module-level names): the verifier runs its source in a fresh process where autoopt
         cannot be imported, which is the proof that a deployment needs nothing of autoopt.
-    load(bundle_dir: Path, manifest: dict, spec) -> predict: `autoopt.load`, with the runtime settings
-        the trial was measured with, outputs restored to the pytree `spec`.
+    load(bundle_dir: Path, manifest: bundle.manifest.Manifest, spec) -> predict: `autoopt.load`, with the runtime
+        settings the trial was measured with (manifest.runtime), outputs restored to the pytree `spec`.
     packages: the PyPI packages the plain loader needs (pinned in the logged MLflow model, which runs the
         plain loader: logged_model.log_exported_model).
     settings(config: dict, prepared: Prepared) -> dict: runtime settings the manifest records.

@@ -302,10 +302,10 @@ def plain_loader(bundle: str, manifest: dict):
     return run
 
 
-def _load_bundle(bundle, manifest: dict, spec):
-    settings = manifest["runtime"]
-    sess = session(str(bundle / manifest["model_file"]), settings["threads"], "cpu", settings["graph_fusion"])
-    return predictor(sess, [i["name"] for i in manifest["inputs"]], spec)
+def _load_bundle(bundle, manifest, spec):
+    settings = manifest.runtime
+    sess = session(str(bundle / manifest.model_file), settings["threads"], "cpu", settings["graph_fusion"])
+    return predictor(sess, [i["name"] for i in manifest.inputs], spec)
 
 
 def _check(model_file: str) -> None:

@@ -221,10 +221,10 @@ def plain_loader(bundle: str, manifest: dict):
     return run
 
 
-def _load_bundle(bundle, manifest: dict, spec):
-    settings = manifest["runtime"]
+def _load_bundle(bundle, manifest, spec):
+    settings = manifest.runtime
     precision = {hint: knob for knob, hint in HINTS.items()}[settings["inference_precision"]]
-    compiled = _core().compile_model(str(bundle / manifest["model_file"]), "CPU",
+    compiled = _core().compile_model(str(bundle / manifest.model_file), "CPU",
                                      properties(settings["threads"], precision))
     return predictor(compiled, spec)
 

@@ -128,14 +128,14 @@ def plain_loader(bundle: str, manifest: dict):
     return run
 
 
-def _load_bundle(bundle, manifest: dict, spec):
+def _load_bundle(bundle, manifest, spec):
     import torch
 
-    torch.set_num_threads(manifest["runtime"]["threads"])
+    torch.set_num_threads(manifest.runtime["threads"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = torch.jit.load(str(bundle / manifest["model_file"]))
-    return torch_predictor(module, getattr(torch, manifest["runtime"]["dtype"]), "cpu", spec)
+        module = torch.jit.load(str(bundle / manifest.model_file))
+    return torch_predictor(module, getattr(torch, manifest.runtime["dtype"]), "cpu", spec)
 
 
 EXPORT = ExportFormat(

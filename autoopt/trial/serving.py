@@ -14,7 +14,6 @@ interpreter, the libraries and whatever the process held before; serving_rss_mb 
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 from pathlib import Path
@@ -46,10 +45,10 @@ def bundle_rss_mb(pipeline, fmt: str, config: dict, prepared, inputs: tuple, fol
     try:
         place_files(spec, prepared.artifact, bundle)
         manifest = model_manifest(fmt, config, prepared, pipeline.build_model().eval(), pipeline.make_inputs(2))
-        (bundle / "autoopt.json").write_text(json.dumps(manifest))
+        manifest.write(bundle)
         batch = int(config["batch_size"])
         np.savez(folder / f"inputs_{batch}.npz", *[t.detach().cpu().numpy() for t in inputs])
-        env = {**os.environ, **manifest["runtime"]["environment"]}
+        env = {**os.environ, **manifest.environment}
         return run_verifier(folder, bundle, spec, [], batch, env, serve_calls=SERVE_CALLS)["serving_rss_mb"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)

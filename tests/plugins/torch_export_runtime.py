@@ -48,12 +48,12 @@ def plain_loader(bundle: str, manifest: dict):
     return run
 
 
-def _load_bundle(bundle, manifest: dict, spec):
+def _load_bundle(bundle, manifest, spec):
     import torch
 
     from autoopt.runtimes.base import torch_predictor
 
-    return torch_predictor(torch.export.load(str(bundle / manifest["model_file"])).module(), torch.float32, "cpu", spec)
+    return torch_predictor(torch.export.load(str(bundle / manifest.model_file)).module(), torch.float32, "cpu", spec)
 
 
 EXPORT = ExportFormat(name="pt2program", model_file="model.pt2", plain_loader=plain_loader, load=_load_bundle,
