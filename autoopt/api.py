@@ -88,7 +88,7 @@ class SearchResult:
                 "tie": self.tie.describe() if best and self.tie else None,
                 "reference": reference.to_dict() if reference else None,
                 "closest": closest.to_dict() if closest else None,
-                "exported": {"path": str(exported.path), "manifest": exported.manifest} if exported else None,
+                "exported": {"path": str(exported.path), "manifest": exported.manifest.as_dict()} if exported else None,
                 "trials": [t.to_dict() for t in self.trials]}
 
     def trials_dataframe(self):
@@ -120,7 +120,7 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     from .pipeline import check_pipeline, load_pipeline
     from .report.artifacts import write_report
     from .study.runner import Runner
-    from .study.storage import check_resume, storage_backend, search_signature, set_search_meta
+    from .study.storage import begin_search, check_resume, storage_backend, search_signature
     from .study.loop import open_study, run
     from .report.tracking import Tracker, check_reachable, resolve_store
 
@@ -140,9 +140,8 @@ def search(pipeline: str | os.PathLike | Pipeline | None = None, *, config: str 
     tracker = Tracker(uri, store, pipe.name if opts.task == "infer" else f"{pipe.name}-train")  # metrics differ by task
     tracker.start_study(name, _study_params(pipe, space, opts, ref_accuracy))
     tracker.log_text(to_yaml(pipe.source, opts, name), SEARCH_FILE)  # repeats the search: --config search.yaml
-    study.set_user_attr("remeasured", {})  # figures of an earlier run of this study are stale now
     # What a later `autoopt export` needs to rebuild a trial and log the model beside the study.
-    set_search_meta(study, {"pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id,
+    begin_search(study, {"pipeline": pipe.source, "tracking_uri": uri, "parent_run_id": tracker.parent_run_id,
                             "task": opts.task, "export": opts.export})
     with tracker.failing_study(), Runner(pipe, opts, ref_accuracy, study) as runner:
         interrupted = False
@@ -299,18 +298,19 @@ def export(study: str | None = None, *, trial: int | None = None, format: str | 
     pipeline: needed only when the study searched an in-memory Pipeline (no file to reload).
     """
     from .bundle.export import check_format, default_format, select_trial
+    from .study.storage import search_meta
 
     if format is not None:
         check_format(format)
     optuna_study = load_study(study, tracking_uri, storage)
     study = optuna_study.study_name
-    if optuna_study.user_attrs.get("autoopt", {}).get("task") == "train":
+    if search_meta(optuna_study).get("task") == "train":
         raise ConfigError(f"Study {study} searched the training step ({option('task', 'train')}): there is no "
                           f"inference model to export. Export a study of {option('task', 'infer')}.")
     carry = format is None  # the winner ships, whatever its runtime
     format = format or default_format(optuna_study, trial)
     chosen = select_trial(optuna_study, trial, format, carry=carry)
-    if pipeline is None and not optuna_study.user_attrs.get("autoopt", {}).get("pipeline"):
+    if pipeline is None and not search_meta(optuna_study).get("pipeline"):
         raise ConfigError(f"Study {study} searched an in-memory pipeline: pass pipeline= to export it.")
     return _export_and_log(optuna_study, chosen, format, out or Path("exports") / study, register, pipeline)
 

@@ -218,7 +218,7 @@ def export_command(
     except AutoOptError as exc:
         _fail(exc)
     if json_out:
-        print_json({"path": str(exported.path), "manifest": exported.manifest})
+        print_json({"path": str(exported.path), "manifest": exported.manifest.as_dict()})
         return
     print_export(exported)
 

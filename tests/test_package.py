@@ -91,3 +91,37 @@ def test_no_module_of_the_package_imports_one_that_imports_it_back():
     cycles = sorted(f"{a} -> {b} -> ... -> {a}" for a in graph for b in graph[a]
                     if a in reach(b) and not b.startswith(a + ".") and not a.startswith(b + "."))
     assert cycles == []
+
+
+def test_optuna_attributes_are_spelled_in_one_module_and_only_through_optuna_s_public_api():
+    """Trial and study user_attrs are read and written through study/attrs.py (typed, checked names); no module
+    reaches into Optuna's private storage handles."""
+    spelled, private = set(), set()
+    for path in PACKAGE.rglob("*.py"):
+        where = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("user_attrs", "set_user_attr", "set_trial_user_attr"):
+                spelled.add(where)
+            if isinstance(node, ast.keyword) and node.arg == "user_attrs":
+                spelled.add(where)
+            if isinstance(node, ast.Attribute) and node.attr in ("_storage", "_trial_id", "_study_id"):
+                private.add(f"{where}:{node.lineno}")
+    assert spelled == {"study/attrs.py"} and not private
+
+
+def test_a_misspelt_trial_attribute_is_refused_before_it_is_stored():
+    from autoopt.study import attrs
+
+    class Trial:
+        user_attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs[key] = value
+
+    trial = Trial()
+    with pytest.raises(TypeError, match="not a trial attribute: refrence"):
+        attrs.record(trial, refrence=True)
+    attrs.record(trial, reference=True, metrics={"throughput": 1.0})
+    assert trial.user_attrs == {"reference": True, "metrics": {"throughput": 1.0}}
+    kept = attrs.TrialAttrs.of(trial)
+    assert kept.reference and kept.metrics == {"throughput": 1.0} and kept.reason is None

@@ -34,6 +34,7 @@ from .manifest import Manifest
 from ..errors import AutoOptError, ConfigError, ExportError, option
 from ..report.results import TrialState, ranked_feasible, records
 from ..runtimes import FORMATS, export_format, packages
+from ..study import attrs
 from ..study.storage import trial_meta
 
 ACCURACY_TOLERANCE = 0.005  # the recomputed metric must match the trial's within half a point
@@ -101,7 +102,7 @@ def default_format(study, number: int | None) -> str:
 def select_trial(study, number: int | None, fmt: str, carry: bool = False):
     """The trial to export: `number`, or the best feasible one; its runtime must suit the format (with
     `carry`, a runtime the format carries too: ExportFormat.carries)."""
-    device = study.user_attrs.get("search", {}).get("device", "cpu")
+    device = (attrs.signature(study) or {}).get("device", "cpu")
     if device != "cpu":  # the export builds, verifies and re-times on the CPU: it would ship something else
         raise ConfigError(f"Study {study.study_name} ran its trials on {device}; export builds, verifies and re-times "
                           f"on the CPU, so it would ship a model other than the one measured. Search with "

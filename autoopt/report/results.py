@@ -79,19 +79,17 @@ class TrialRecord:
 
     @classmethod
     def from_optuna(cls, trial) -> "TrialRecord":
-        state = TrialState.of_optuna(trial.state)
+        from ..study.attrs import TrialAttrs
+
+        state, kept = TrialState.of_optuna(trial.state), TrialAttrs.of(trial)
         return cls(
             number=trial.number,
             config=dict(trial.params),
             state=state,
-            metrics=dict(trial.user_attrs.get("metrics", {})),
-            constraints=(dict(trial.constraints or {}) if state == TrialState.COMPLETE
-                         else dict(trial.user_attrs.get("constraints", {}))),
-            reason=trial.user_attrs.get("reason"),
-            reference=bool(trial.user_attrs.get("reference")),
-            reused_from=trial.user_attrs.get("reused_from"),
-            run_id=trial.user_attrs.get("mlflow_run_id"),
-            curve=trial.user_attrs.get("curve"), climb=trial.user_attrs.get("climb"),
+            metrics=dict(kept.metrics or {}),
+            constraints=dict((trial.constraints if state == TrialState.COMPLETE else kept.constraints) or {}),
+            reason=kept.reason, reference=kept.reference, reused_from=kept.reused_from, run_id=kept.mlflow_run_id,
+            curve=kept.curve, climb=kept.climb,
         )
 
 
@@ -102,7 +100,9 @@ def frozen_feasible(trial) -> bool:
 
 def records(study) -> list[TrialRecord]:
     """The study's trials that started (queued warm-start trials a search did not reach are left out)."""
-    remeasured = study.user_attrs.get("remeasured", {})
+    from ..study.attrs import remeasured as remeasured_figures
+
+    remeasured = remeasured_figures(study)
     out = [TrialRecord.from_optuna(t) for t in study.trials if t.state.name != "WAITING"]
     for t in out:
         t.remeasured = remeasured.get(str(t.number))

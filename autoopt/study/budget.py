@@ -8,6 +8,8 @@ import os
 import time
 from typing import Callable
 
+from . import attrs
+from .attrs import TrialAttrs
 from ..machine import host_id
 from ..report.results import frozen_feasible
 
@@ -42,7 +44,7 @@ class Budget:
                 return None
             trials = self.study.get_trials(deepcopy=False)
             # an abandoned trial (its machine died) did not use the budget: another takes its place
-            if sum((t.state.is_finished() and t.user_attrs.get("reason") != ABANDONED) or t.state.name == "RUNNING"
+            if sum((t.state.is_finished() and TrialAttrs.of(t).reason != ABANDONED) or t.state.name == "RUNNING"
                    for t in trials) >= self.n_trials:
                 return None
             if self.patience is not None and since_best(trials) >= self.patience:
@@ -54,8 +56,7 @@ class Budget:
             trial = self.study.ask()
             self.prepare(trial)
             now = time.time()
-            trial.set_user_attr("owner", {"host": host_id(), "pid": os.getpid(), "since": now})
-            trial.set_user_attr("heartbeat", now)
+            attrs.record(trial, owner={"host": host_id(), "pid": os.getpid(), "since": now}, heartbeat=now)
             self.running[trial.number] = trial
             return trial
 
@@ -70,7 +71,7 @@ class Budget:
                 trials = list(self.running.values())
             for trial in trials:
                 try:
-                    trial.set_user_attr("heartbeat", time.time())
+                    attrs.record(trial, heartbeat=time.time())
                 except Exception:  # noqa: BLE001 - finished meanwhile; a missed beat is harmless
                     pass
             try:

@@ -15,6 +15,8 @@ import time
 from typing import Callable
 
 from .. import knobs
+from . import attrs
+from .attrs import TrialAttrs
 from .budget import ABANDONED, STALE_S, Budget
 from ..machine import host_id
 from ..trial.protocol import TrialResult
@@ -78,9 +80,9 @@ def run(
 
     _recover_abandoned(study, storage, listeners)
     existing = study.get_trials(deepcopy=False)
-    fresh = all(t.user_attrs.get("reference") for t in existing)  # nothing past the reference
-    if not any(t.user_attrs.get("reference") and t.state.name in ("COMPLETE", "RUNNING", "WAITING") for t in existing):
-        study.enqueue_trial(space.reference_config(), user_attrs={"reference": True})
+    fresh = all(TrialAttrs.of(t).reference for t in existing)  # nothing past the reference
+    if not any(TrialAttrs.of(t).reference and t.state.name in ("COMPLETE", "RUNNING", "WAITING") for t in existing):
+        attrs.enqueue(study, space.reference_config(), reference=True)
     budget = Budget(study, n_trials, timeout_s, patience)
     budget.recover = lambda: _recover_abandoned(study, storage, listeners)
     budget.prepare = space.suggest
@@ -139,19 +141,19 @@ def _run_trial(study, trial, space, evaluate, targets: Targets, device: str, lis
     import optuna
 
     config = space.suggest(trial)
-    for key, value in getattr(study.sampler, "notes", {}).pop(trial.number, {}).items():
-        trial.set_user_attr(key, value)  # how sampling moved it: read back by later samplings and the report
-    attrs = trial.user_attrs
-    record = TrialRecord(trial.number, config, TrialState.RUNNING, reference=bool(attrs.get("reference")),
-                         curve=attrs.get("curve"), climb=attrs.get("climb"))
+    # how sampling moved it: read back by later samplings and the report
+    attrs.record(trial, **getattr(study.sampler, "notes", {}).pop(trial.number, {}))
+    kept = TrialAttrs.of(trial)
+    record = TrialRecord(trial.number, config, TrialState.RUNNING, reference=kept.reference, curve=kept.curve,
+                         climb=kept.climb)
     _notify(listeners, "trial_started", record)
     if record.run_id:
-        trial.set_user_attr("mlflow_run_id", record.run_id)
+        attrs.record(trial, mlflow_run_id=record.run_id)
     try:
         result = _outcome(study, trial, config, space.conflict(config, device), evaluate, record)
     except KeyboardInterrupt:
         record.state, record.reason = TrialState.FAILED, INTERRUPTED
-        trial.set_user_attr("reason", INTERRUPTED)
+        attrs.record(trial, reason=INTERRUPTED)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         _notify(listeners, "trial_finished", record)
         raise
@@ -166,14 +168,14 @@ def _outcome(study, trial, config: dict, reason: str | None, evaluate, record: T
         return TrialResult.pruned(reason)
     failed_before = _within_pruned_scope(study, config)
     if failed_before is not None:  # only when the space is exhausted: the sampler avoids these
-        return TrialResult.pruned(f"{failed_before.user_attrs['reason']} (as trial {failed_before.number})",
-                                  scope=failed_before.user_attrs["pruned_scope"])
+        before = TrialAttrs.of(failed_before)
+        return TrialResult.pruned(f"{before.reason} (as trial {failed_before.number})", scope=before.pruned_scope)
     previous = _same_config(study, config)
     if previous is not None:
         # Re-measuring an identical configuration costs a full trial and teaches the sampler nothing.
         record.reused_from = previous.number
-        trial.set_user_attr("reused_from", previous.number)
-        return TrialResult.complete(dict(previous.user_attrs["metrics"]))
+        attrs.record(trial, reused_from=previous.number)
+        return TrialResult.complete(dict(TrialAttrs.of(previous).metrics))
     return evaluate(config, trial.number)
 
 
@@ -184,20 +186,19 @@ def _tell(study, trial, record: TrialRecord, result: TrialResult, targets: Targe
     record.state, record.metrics, record.reason, record.log_path = (result.state, result.metrics, result.reason,
                                                                     result.log_path)
     if record.reason:
-        trial.set_user_attr("reason", record.reason)
+        attrs.record(trial, reason=record.reason)
     if result.state == TrialState.COMPLETE:
         record.constraints = targets.constraints(record.metrics)
         for key, value in record.constraints.items():
             trial.set_constraint(key, value)
-        trial.set_user_attr("metrics", record.metrics)
+        attrs.record(trial, metrics=record.metrics)
         study.tell(trial, record.metrics["throughput"])
     elif result.state == TrialState.PRUNED:
         if record.metrics:  # stopped past a target: what was measured still places it (closest trial, report)
             record.constraints = targets.constraints(record.metrics)
-            trial.set_user_attr("metrics", record.metrics)
-            trial.set_user_attr("constraints", record.constraints)
+            attrs.record(trial, metrics=record.metrics, constraints=record.constraints)
         if result.scope:
-            trial.set_user_attr("pruned_scope", result.scope)
+            attrs.record(trial, pruned_scope=result.scope)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -210,24 +211,23 @@ def _recover_abandoned(study, storage, listeners: list) -> None:
     import optuna
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        owner = t.user_attrs.get("owner") or {}
+        kept = TrialAttrs.of(t)
+        owner = kept.owner or {}
         if owner.get("host") == host_id():
             if _alive(owner.get("pid")):
                 continue
-        elif time.time() - float(t.user_attrs.get("heartbeat", owner.get("since", 0))) < STALE_S:
+        elif time.time() - float(kept.heartbeat if kept.heartbeat is not None else owner.get("since", 0)) < STALE_S:
             continue
         if storage is not None:
-            study_id = storage.get_study_id_from_name(study.study_name)
-            storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
-                                        "reason", ABANDONED)
+            attrs.record_in_storage(storage, study, t.number, reason=ABANDONED)
         try:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except (RuntimeError, ValueError):  # another survivor recovered it first
             continue
-        if t.user_attrs.get("reference"):  # the study needs one: measured again by whoever asks next
-            study.enqueue_trial(dict(t.params), user_attrs={"reference": True})
-        record = TrialRecord(t.number, dict(t.params), TrialState.FAILED, reason=ABANDONED,
-                             reference=bool(t.user_attrs.get("reference")), run_id=t.user_attrs.get("mlflow_run_id"))
+        if kept.reference:  # the study needs one: measured again by whoever asks next
+            attrs.enqueue(study, dict(t.params), reference=True)
+        record = TrialRecord(t.number, dict(t.params), TrialState.FAILED, reason=ABANDONED, reference=kept.reference,
+                             run_id=kept.mlflow_run_id)
         _notify(listeners, "trial_recovered", record, search_meta(study, owner.get("host")))
 
 
@@ -251,7 +251,7 @@ def _same_config(study, config: dict):
 def _within_pruned_scope(study, config: dict):
     """An earlier trial whose build-time failure covers this configuration, or None."""
     for t in study.get_trials(deepcopy=False):
-        scope = t.user_attrs.get("pruned_scope")
+        scope = TrialAttrs.of(t).pruned_scope
         if scope and knobs.in_scope(config, scope):
             return t
     return None
@@ -266,7 +266,7 @@ def known_numerics(study, config: dict) -> dict | None:
     earlier = _earlier_complete(study, config, ignoring=knobs.numerics_free())
     if earlier is None:
         return None
-    return {k: v for k, v in earlier.user_attrs["metrics"].items() if k in NUMERICS_METRICS}
+    return {k: v for k, v in TrialAttrs.of(earlier).metrics.items() if k in NUMERICS_METRICS}
 
 
 def _earlier_complete(study, config: dict, ignoring: tuple = ()):
@@ -277,7 +277,7 @@ def _earlier_complete(study, config: dict, ignoring: tuple = ()):
 
     target = key(config)
     for t in study.get_trials(deepcopy=False):
-        if t.state.name == "COMPLETE" and "metrics" in t.user_attrs and key(t.params) == target:
+        if t.state.name == "COMPLETE" and TrialAttrs.of(t).metrics is not None and key(t.params) == target:
             return t
     return None
 

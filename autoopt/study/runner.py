@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from . import attrs
+from .attrs import TrialAttrs
 from ..machine import available_cores
 from ..options import SearchOptions
 from ..trial.protocol import TrialRequest, TrialResult
@@ -76,7 +78,7 @@ class Runner:
         return contender_bar(self.study.get_trials(deepcopy=False), number, shipped)
 
     def _is_reference(self, number: int) -> bool:
-        return any(t.number == number and t.user_attrs.get("reference") for t in self.study.get_trials(deepcopy=False))
+        return any(t.number == number and TrialAttrs.of(t).reference for t in self.study.get_trials(deepcopy=False))
 
     def _evaluator(self, worker: Worker) -> Callable[[dict, int], TrialResult]:
         def evaluate(config: dict, number: int) -> TrialResult:
@@ -126,7 +128,7 @@ class Runner:
         for t, fig in zip(chosen, result.metrics["figures"]):
             fig["feasible"] = latency_ms is None or fig["latency_ms_p95"] <= latency_ms
             figures[str(t.number)] = fig
-        self.study.set_user_attr("remeasured", figures)
+        attrs.set_remeasured(self.study, figures)
         self._serving_for_tie(figures)
 
     def _serving_for_tie(self, figures: dict) -> None:
@@ -150,14 +152,14 @@ class Runner:
                 figures[str(t.number)]["serving_rss_mb"] = result.metrics["serving_rss_mb"]
             else:
                 log.warning("The serving memory of trial %d could not be measured (%s).", t.number, result.reason)
-        self.study.set_user_attr("remeasured", figures)
+        attrs.set_remeasured(self.study, figures)
 
 
 def contender_bar(trials, number: int, runtime: str | None = None) -> float | None:
     """What trial `number`'s short timing must reach to be timed fully: SCREEN_SHARE of the best feasible
     trial so far (of `runtime`, the one --export ships, when given: the reference cannot be the answer
     there). None (no screening) for the reference, or before such a trial exists."""
-    if any(t.number == number and t.user_attrs.get("reference") for t in trials):
+    if any(t.number == number and TrialAttrs.of(t).reference for t in trials):
         return None
     done = [TrialRecord.from_optuna(t) for t in trials if t.state.name == "COMPLETE"]
     best = ranked_feasible([t for t in done if runtime is None or t.config.get("compile_mode") == runtime])

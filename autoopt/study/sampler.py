@@ -15,6 +15,8 @@ from typing import Callable
 
 from optuna.samplers import BaseSampler, RandomSampler
 
+from . import attrs
+from .attrs import TrialAttrs
 from ..errors import ConfigError, option
 from ..targets import Targets
 
@@ -58,7 +60,7 @@ class ValidConfigSampler(BaseSampler):
         self.distributions = distributions
         self.conflict = conflict
         # {trial number: {"climb" | "curve": why}}: what sampling did to a trial, which the study records on the
-        # trial (trial.set_user_attr: a sampler has no public way to write to a trial of its own)
+        # trial (attrs.record: a sampler has no public way to write to a trial of its own)
         self.notes: dict[int, dict] = {}
 
     def infer_relative_search_space(self, study, trial):
@@ -72,7 +74,7 @@ class ValidConfigSampler(BaseSampler):
         trial = next((t for t in trials if t.number == trial.number), trial)
         finished = [t for t in trials if t.state.is_finished()]
         seen = [self.canonical(c) for c in taken(trials, len(self.distributions), but=trial.number)]
-        scopes = [t.user_attrs["pruned_scope"] for t in finished if t.user_attrs.get("pruned_scope")]
+        scopes = [s for s in (TrialAttrs.of(t).pruned_scope for t in finished) if s]
         curves = self._curves(finished)
 
         def acceptable(params: dict) -> bool:
@@ -115,10 +117,10 @@ class ValidConfigSampler(BaseSampler):
 
         feasible = [t for t in finished if frozen_feasible(t) and len(t.params) == len(self.distributions)]
         best = max(feasible, key=lambda t: t.value, default=None)
-        if best is None or best.user_attrs.get("reference"):
+        if best is None or TrialAttrs.of(best).reference:
             return None
-        sampled = [t for t in finished if not t.user_attrs.get("reference") and not t.user_attrs.get("warm_start")]
-        moves = sum(bool(t.user_attrs.get("climb")) for t in sampled)
+        sampled = [a for a in map(TrialAttrs.of, finished) if not a.reference and not a.warm_start]
+        moves = sum(bool(a.climb) for a in sampled)
         if moves > len(sampled) - moves:  # TPE's turn: it keeps exploring what no step from here reaches
             return None
         distribution = search_space.get("batch_size")
@@ -232,12 +234,12 @@ class WarmStart:
     def __call__(self) -> None:
         if self.done:
             return
-        references = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("reference")]
+        references = [t for t in self.study.get_trials(deepcopy=False) if TrialAttrs.of(t).reference]
         if not references or not references[-1].state.is_finished():
             return  # a parallel job asks meanwhile: it samples; these come on the next ask after it
         self.done = True
         reference = references[-1]  # a resumed study's earlier reference may have failed
-        p95 = reference.user_attrs.get("metrics", {}).get("latency_ms_p95")
+        p95 = (TrialAttrs.of(reference).metrics or {}).get("latency_ms_p95")
         max_batch = None
         if self.targets.latency_ms is not None and p95:
             per_sample_ms = p95 / reference.params.get("batch_size", 1)
@@ -249,4 +251,4 @@ class WarmStart:
         seen = [knobs.canonical(c) for c in taken(trials, len(self.space.domains))]
         for config in self.space.warm_start(self.device, max_batch, search_features(self.device)):
             if knobs.canonical(config) not in seen:  # a parallel job drew it meanwhile
-                self.study.enqueue_trial(config, user_attrs={"warm_start": True})
+                attrs.enqueue(self.study, config, warm_start=True)

@@ -10,6 +10,7 @@ import random
 import time
 from pathlib import Path
 
+from . import attrs
 from ..errors import ConfigError, option
 
 
@@ -114,9 +115,9 @@ _TARGET_OPTIONS = {"latency_ms": ("target_latency", "{:g}ms"), "memory_mb": ("ta
 def check_resume(study, signature: dict, space_source: str) -> None:
     """Record the signature on a new study; on an existing one, a ConfigError naming the first difference
     (its stored constraints were computed against the old targets, its sampler knows the old space)."""
-    stored = study.user_attrs.get("search")
+    stored = attrs.signature(study)
     if stored is None:
-        study.set_user_attr("search", signature)
+        attrs.set_signature(study, signature)
         return
     fix = f"Resume it with the same settings, or start a new study with {option('study', 'NEW_NAME')}."
     name = study.study_name
@@ -137,21 +138,22 @@ def check_resume(study, signature: dict, space_source: str) -> None:
                               f"(from {space_source}, {option('export')} and what this machine can run). {fix}")
 
 
-def set_search_meta(study, meta: dict) -> None:
-    """What a later export needs from this search process (pipeline file, MLflow store, parent run), kept per
-    host: machines sharing a study each have their own store, and the last writer must not win."""
+def begin_search(study, meta: dict) -> None:
+    """A search process starts on `study`: what a later export needs from it (pipeline file, MLflow store, parent
+    run) is kept per host (machines sharing a study each have their own store, and the last writer must not win);
+    the figures of an earlier run's re-measurement are stale now."""
     from ..machine import host_id
 
-    study.set_user_attr(f"autoopt@{host_id()}", meta)
-    study.set_user_attr("autoopt", meta)  # the latest search's, for studies of one machine
+    attrs.set_remeasured(study, {})
+    attrs.set_meta(study, host_id(), meta)
 
 
 def search_meta(study, host: str | None = None) -> dict:
     """The meta of the search process on `host` (the one that ran a trial), else the latest search's."""
-    return study.user_attrs.get(f"autoopt@{host}") or study.user_attrs.get("autoopt", {})
+    return attrs.meta(study, host)
 
 
 def trial_meta(study, trial) -> dict:
     """The search meta of the host that ran `trial` (a TrialRecord), with that host's name as "host"."""
-    host = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("owner", {}).get("host")
+    host = (attrs.TrialAttrs.of(study.get_trials(deepcopy=False)[trial.number]).owner or {}).get("host")
     return {**search_meta(study, host), "host": host or "unknown"}
