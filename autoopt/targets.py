@@ -1,4 +1,6 @@
-"""The user's targets and how a trial's metrics are judged against them (Optuna constraint values)."""
+"""The user's targets and how a trial's metrics are judged against them (Optuna constraint values): the one judge
+of feasibility, in the study (constraints), in the worker (over: a trial stopped past a target) and at the
+end-of-search re-measurement (meets)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,20 @@ class Targets:
         if self.memory_mb is not None and self.memory_metric in metrics:
             out["memory"] = metrics[self.memory_metric] - self.memory_mb
         return out
+
+    def over(self, name: str, metrics: dict) -> float | None:
+        """How far `metrics` are past target `name` (> 0); None within it, or where they do not measure it."""
+        excess = self.constraints(metrics).get(name)
+        return excess if excess is not None and excess > 0 else None
+
+    def meets(self, metrics: dict) -> bool:
+        """Within every target that `metrics` measure."""
+        return all(v <= 0 for v in self.constraints(metrics).values())
+
+    @property
+    def serving_mb(self) -> float | None:
+        """The memory target, where it bounds serving memory (a fresh process serving the candidate)."""
+        return self.memory_mb if self.memory_basis == "serving" else None
 
     @property
     def memory_metric(self) -> str:

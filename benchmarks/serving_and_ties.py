@@ -25,7 +25,7 @@ from pathlib import Path
 import autoopt
 from autoopt.knobs import describe
 from autoopt.machine import available_cores, cpu_description, cpu_info
-from autoopt.trial.protocol import TrialRequest
+from autoopt.trial.protocol import RemeasureRequest
 from autoopt.report.results import TrialState
 from autoopt.bundle.retime import retime
 from autoopt.runtimes import format_for
@@ -93,8 +93,8 @@ def interleave_check(result, tmp: Path) -> dict:
     """The reference's throughput timed alone and interleaved with the top trials, each in a fresh worker."""
     reference = result.reference
     top = [t for t in result.trials if t.remeasured and not t.reference][:3]
-    base = TrialRequest(task="remeasure", device="cpu", threads=available_cores(), min_time_s=1.0,
-                        pipeline=autoopt.load_pipeline("digits_cnn").source, rounds=10, round_time_s=0.2)
+    base = RemeasureRequest(device="cpu", threads=available_cores(), min_time_s=1.0,
+                            pipeline=autoopt.load_pipeline("digits_cnn").source, rounds=10, round_time_s=0.2)
     figures: dict[str, list] = {"alone": [], "interleaved": []}
     for i in range(REPEATS):
         for how, configs in (("alone", [reference.config]), ("interleaved", [reference.config, *[t.config for t in top]])):

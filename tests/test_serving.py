@@ -48,10 +48,10 @@ def test_the_growth_basis_is_what_a_warm_worker_gains_and_measures_no_fresh_proc
 
 def test_an_eager_candidate_is_served_in_python_through_autoopt(tmp_path):
     from autoopt.pipeline import load_pipeline
-    from autoopt.trial.protocol import TrialRequest
+    from autoopt.trial.protocol import ServeRequest
     from autoopt.trial.serving import serve_in_python
 
-    request = TrialRequest(task="serve", device="cpu", threads=1, min_time_s=0.05, pipeline=TINY_MLP,
+    request = ServeRequest(device="cpu", threads=1, min_time_s=0.05, pipeline=TINY_MLP,
                            config={**autoopt.knobs.reference_config(), "batch_size": 4}, workdir=str(tmp_path))
     result = serve_in_python(load_pipeline(TINY_MLP), request)  # in this process: a floor, not the figure
     assert result.state == TrialState.COMPLETE and result.metrics["serving_via"] == "python"

@@ -3,12 +3,15 @@ reasons; a warm worker serves trial after trial and is replaced after a failure.
 
 import pytest
 
-from autoopt.trial.protocol import TrialRequest, TrialResult
+from autoopt.targets import Targets
+from autoopt.trial.protocol import InferRequest, TrialResult
 from autoopt.report.results import TrialState
 from autoopt.trial.worker import Worker
 from conftest import TINY_MLP
 
-REQUEST = TrialRequest(task="infer", pipeline=TINY_MLP, device="cpu", threads=1, min_time_s=0.05, min_calls=20)
+REQUEST = InferRequest(pipeline=TINY_MLP, device="cpu", threads=1, min_time_s=0.05, min_calls=20)
+GROWTH_100MB = Targets(memory_mb=100, memory_basis="growth")  # a trial whose memory growth passes it stops
+LATENCY_5MS = {"targets": Targets(latency_ms=5), "early_stop": True}
 CONFIG = {"precision": "fp32", "batch_size": 4, "compile_mode": "eager"}
 
 FAULTY = """
@@ -118,10 +121,10 @@ def test_fresh_workers_start_a_process_per_trial(tmp_path):
 
 def test_a_trial_past_the_memory_target_is_pruned_early(tmp_path, write_file):
     path = write_file("hog.py", FAULTY.format(action="return x * 2 + torch.ones(64, 1024, 1024).sum()"))
-    result = run(tmp_path, path, {**CONFIG, "batch_size": 8}, memory_limit_mb=100)
+    result = run(tmp_path, path, {**CONFIG, "batch_size": 8}, targets=GROWTH_100MB)
     assert result.state == TrialState.PRUNED
     assert result.reason.startswith("memory: peak ") and "over the 100 MB target (stopped after 1 calls)" in result.reason
-    assert run(tmp_path, path, {**CONFIG, "batch_size": 4}, memory_limit_mb=100, name="small").state == "COMPLETE"
+    assert run(tmp_path, path, {**CONFIG, "batch_size": 4}, targets=GROWTH_100MB, name="small").state == "COMPLETE"
 
 
 def test_timing_takes_the_device_alone(tmp_path):
@@ -165,14 +168,14 @@ PIPELINE = autoopt.Pipeline("spiky", Spiky, lambda b: (torch.randn(b, 3),))
 
 def test_a_trial_far_over_the_latency_target_stops_early_and_one_over_it_skips_accuracy(tmp_path, write_file):
     slow = write_file("slow.py", FAULTY.format(action="time.sleep(0.02)"))
-    result = run(tmp_path, slow, {**CONFIG, "batch_size": 8}, latency_limit_ms=5)
+    result = run(tmp_path, slow, {**CONFIG, "batch_size": 8}, **LATENCY_5MS)
     assert result.state == TrialState.PRUNED and result.metrics["stopped_early"] == 1
     assert result.reason.startswith("latency: ") and "past 1.5x the 5 ms target (stopped after 10 calls" in result.reason
     spiky = write_file("spiky.py", SPIKY)  # fast calls, but every 8th takes 20 ms: p95 over, median under
-    result = run(tmp_path, spiky, CONFIG, latency_limit_ms=5, name="over")
+    result = run(tmp_path, spiky, CONFIG, **LATENCY_5MS, name="over")
     assert result.state == TrialState.PRUNED and "accuracy" not in result.metrics and "stopped_early" not in result.metrics
     assert result.reason.startswith("latency: p95 ") and result.reason.endswith("(accuracy not checked)")
-    assert run(tmp_path, TINY_MLP, CONFIG, latency_limit_ms=1000, name="under").metrics["accuracy"] == 1.0
+    assert run(tmp_path, TINY_MLP, CONFIG, targets=Targets(latency_ms=1000), early_stop=True, name="under").metrics["accuracy"] == 1.0
 
 
 def test_remeasure_times_configurations_interleaved_against_the_first(tmp_path):

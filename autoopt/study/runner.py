@@ -16,7 +16,7 @@ from . import attrs
 from .attrs import TrialAttrs
 from ..machine import available_cores
 from ..options import SearchOptions
-from ..trial.protocol import TrialRequest, TrialResult
+from ..trial.protocol import REQUESTS, TrialResult
 from ..report.results import TrialRecord, TrialState, ranked_feasible, records, reference_of, same_p95, tie_group
 from .loop import known_numerics
 from ..trial.worker import Worker
@@ -37,12 +37,10 @@ class Runner:
         self._dir = tempfile.TemporaryDirectory(prefix="autoopt-")
         self.tmp = Path(self._dir.name)
         self.options, self.study, self.reference_accuracy = options, study, reference_accuracy
-        self.request = TrialRequest(
-            task=options.task, device=options.device, threads=available_cores(), min_time_s=options.min_time_s,
-            pipeline=pipe.source, pipeline_pickle=_pickle_if_needed(pipe, self.tmp),
-            memory_limit_mb=options.targets.memory_mb if options.targets.memory_basis == "growth" else None,
-            serving_limit_mb=options.targets.memory_mb if options.targets.memory_basis == "serving" else None,
-            latency_limit_ms=options.targets.latency_ms if options.task == "infer" and options.early_stop else None,
+        # The search's task's request; the re-measurement and serving take theirs from it (for_trial(task=...)).
+        self.request = REQUESTS[options.task](
+            device=options.device, threads=available_cores(), min_time_s=options.min_time_s,
+            pipeline=pipe.source, pipeline_pickle=_pickle_if_needed(pipe, self.tmp), targets=options.targets,
             accuracy_floor=(reference_accuracy - options.targets.max_accuracy_drop
                             if options.task == "infer" and reference_accuracy is not None else None),
         )
@@ -51,6 +49,8 @@ class Runner:
 
             self.request = self.request.for_trial(reference_numerics=reference_numerics(pipe, options.device,
                                                                                         str(self.tmp)))
+        else:
+            self.request = self.request.for_trial(early_stop=options.early_stop)
         self.workers = [Worker(str(self.tmp), reuse=not options.fresh_workers) for _ in range(options.jobs)]
 
     def __enter__(self) -> "Runner":
@@ -84,10 +84,9 @@ class Runner:
         def evaluate(config: dict, number: int) -> TrialResult:
             work = self.tmp / f"trial-{number}"
             work.mkdir()
-            request = self.request.for_trial(config=config, trial=number,
-                                             known_numerics=known_numerics(self.study, config),
-                                             screen_throughput=self._screen_throughput(number),
-                                             reference=self._is_reference(number))
+            inference = {"screen_throughput": self._screen_throughput(number), "reference": self._is_reference(number)}
+            request = self.request.for_trial(config=config, trial=number, known_numerics=known_numerics(self.study, config),
+                                             **(inference if self.options.task == "infer" else {}))
             result = worker.run(request, str(work), self.options.trial_timeout_s)
             if result.state == TrialState.COMPLETE and self.options.task == "infer":
                 drop = self.reference_accuracy - result.metrics["accuracy"]
@@ -123,10 +122,9 @@ class Runner:
         if result.metrics.get("settle_ms_max", 0) > 20:
             log.info("A candidate's threads kept the cores busy up to %.0f ms after its turn; each turn waited for "
                      "them to go quiet.", result.metrics["settle_ms_max"])
-        latency_ms = self.options.targets.latency_ms
         figures = {}
         for t, fig in zip(chosen, result.metrics["figures"]):
-            fig["feasible"] = latency_ms is None or fig["latency_ms_p95"] <= latency_ms
+            fig["feasible"] = self.options.targets.meets(fig)  # its latency, timed again
             figures[str(t.number)] = fig
         attrs.set_remeasured(self.study, figures)
         self._serving_for_tie(figures)

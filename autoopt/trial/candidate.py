@@ -15,7 +15,8 @@ import time
 
 from .build import build_candidate
 from .measure import OverTarget, device_lock
-from .protocol import TrialRequest, TrialResult
+from .protocol import InferRequest, RemeasureRequest, TrialResult
+from ..targets import Targets
 
 EARLY_STOP_MARGIN = 1.5  # a trial whose calls already take this many times the latency target stops
 SCREEN_TIME_S = 0.2  # the short timing of a candidate, before the full one (at most a quarter of --min-time)
@@ -25,16 +26,17 @@ class EarlyStop:
     """Called after each timed call: stops a trial already past the memory target, or one whose last
     5 calls have a median past EARLY_STOP_MARGIN x the latency target (it cannot end under it)."""
 
-    def __init__(self, peak, memory_limit_mb: float | None, latency_limit_ms: float | None, batch_size: int):
-        self.peak, self.memory_limit_mb, self.latency_limit_ms = peak, memory_limit_mb, latency_limit_ms
-        self.batch_size = batch_size
+    def __init__(self, peak, targets: Targets, early_stop: bool, batch_size: int):
+        self.peak, self.targets, self.batch_size = peak, targets, batch_size
+        self.latency_limit_ms = targets.latency_ms if early_stop else None
         self.recent_ms: collections.deque = collections.deque(maxlen=5)
 
     def __call__(self, calls: int, seconds: float = 0.0) -> None:
-        limit_mb, limit_ms = self.memory_limit_mb, self.latency_limit_ms
-        if limit_mb is not None and self.peak.current_mb() > limit_mb:
-            raise OverTarget(f"memory: peak {self.peak.current_mb():.1f} MB is over the {limit_mb:g} MB target "
-                             f"(stopped after {calls} calls)", {"peak_memory_mb": self.peak.current_mb()})
+        growth = {"peak_memory_mb": self.peak.current_mb()}
+        if self.targets.over("memory", growth):  # judged where the target bounds the memory growth
+            raise OverTarget(f"memory: peak {growth['peak_memory_mb']:.1f} MB is over the {self.targets.memory_mb:g} MB "
+                             f"target (stopped after {calls} calls)", growth)
+        limit_ms = self.latency_limit_ms
         if limit_ms is None or not calls:
             return
         self.recent_ms.append(seconds * 1e3)
@@ -47,7 +49,7 @@ class EarlyStop:
                  "throughput": self.batch_size / (median / 1e3), "stopped_early": 1})
 
 
-def run_trial(pipeline, request: TrialRequest) -> TrialResult:
+def run_trial(pipeline, request: InferRequest) -> TrialResult:
     """One inference trial: build, time under the exclusive lock, then check accuracy."""
     import torch
 
@@ -65,11 +67,10 @@ def run_trial(pipeline, request: TrialRequest) -> TrialResult:
     metrics.update(threads=threads, build_s=build_s, **ctx.report)
     if prepared.model_size_mb is not None:
         metrics["model_size_mb"] = prepared.model_size_mb
-    limit_ms = request.latency_limit_ms
-    if limit_ms is not None and metrics["latency_ms_p95"] > limit_ms:  # infeasible whatever its accuracy
-        raise OverTarget(f"latency: p95 {metrics['latency_ms_p95']:.2f} ms is over the {limit_ms:g} ms target "
-                         f"(accuracy not checked)", metrics)
-    if request.serving_limit_mb is not None:
+    if request.early_stop and request.targets.over("latency", metrics):  # infeasible whatever its accuracy
+        raise OverTarget(f"latency: p95 {metrics['latency_ms_p95']:.2f} ms is over the {request.targets.latency_ms:g} ms "
+                         f"target (accuracy not checked)", metrics)
+    if request.targets.serving_mb is not None:
         _check_serving(pipeline, runtime, prepared, config, ctx, inputs, request, metrics)
     started = time.perf_counter()
     accuracy = (request.known_numerics or {}).get("accuracy")
@@ -80,7 +81,7 @@ def run_trial(pipeline, request: TrialRequest) -> TrialResult:
                                 note="; ".join(ctx.notes) or None)
 
 
-def _check_serving(pipeline, runtime, prepared, config: dict, ctx, inputs: tuple, request: TrialRequest,
+def _check_serving(pipeline, runtime, prepared, config: dict, ctx, inputs: tuple, request: InferRequest,
                    metrics: dict) -> None:
     """The serving memory of the candidate, into `metrics`; a candidate past the target stops here (PRUNED),
     before its accuracy check."""
@@ -88,14 +89,13 @@ def _check_serving(pipeline, runtime, prepared, config: dict, ctx, inputs: tuple
 
     rss_mb, via = serving_rss_mb(pipeline, runtime, prepared, config, ctx, inputs, request)
     metrics["serving_rss_mb"] = rss_mb
-    limit_mb = request.serving_limit_mb
-    if rss_mb > limit_mb and not request.reference:  # the reference completes (infeasible): speedups need it
+    if request.targets.over("memory", metrics) and not request.reference:  # the reference completes (infeasible)
         how = "its bundle" if via == "bundle" else "the model through autoopt in Python (its runtime ships no file)"
         raise OverTarget(f"serving memory: a fresh process serving {how} peaks at {rss_mb:,.0f} MB resident, over "
-                         f"the {limit_mb:g} MB target (accuracy not checked)", metrics)
+                         f"the {request.targets.memory_mb:g} MB target (accuracy not checked)", metrics)
 
 
-def _measure(runtime, prepared, config: dict, ctx, inputs: tuple, request: TrialRequest):
+def _measure(runtime, prepared, config: dict, ctx, inputs: tuple, request: InferRequest):
     """Load the candidate and time it alone on the device: (latency and memory metrics, Built)."""
     from .measure import PeakMemory, latency_metrics, machine_load, time_steadily
 
@@ -103,7 +103,7 @@ def _measure(runtime, prepared, config: dict, ctx, inputs: tuple, request: Trial
     with device_lock(ctx.device, exclusive=True):
         started = time.perf_counter()
         with PeakMemory(ctx.device) as peak:
-            guard = EarlyStop(peak, request.memory_limit_mb, request.latency_limit_ms, batch_size)
+            guard = EarlyStop(peak, request.targets, request.early_stop, batch_size)
             built = runtime.load(prepared, config, ctx)
             guard(0)
             load = machine_load()
@@ -117,7 +117,7 @@ def _measure(runtime, prepared, config: dict, ctx, inputs: tuple, request: Trial
     return metrics, built
 
 
-def _screen(built, inputs: tuple, batch_size: int, request: TrialRequest, guard) -> None:
+def _screen(built, inputs: tuple, batch_size: int, request: InferRequest, guard) -> None:
     """A short timing first: a candidate that cannot come near the best so far stops here, before its
     full timing and accuracy check. Its figures are kept as screen_* (never as the trial's latency)."""
     from .measure import time_calls
@@ -133,7 +133,7 @@ def _screen(built, inputs: tuple, batch_size: int, request: TrialRequest, guard)
             {"screen_throughput": throughput, "screen_latency_ms_p95": short.p95_ms, "screened": 1})
 
 
-def remeasure(pipeline, request: TrialRequest) -> TrialResult:
+def remeasure(pipeline, request: RemeasureRequest) -> TrialResult:
     """Time several configurations interleaved (A B C, A B C, ... for `rounds` rounds) in one process,
     so that each round sees the same machine state; the first configuration is the baseline of the
     per-round throughput ratios. Returns per configuration the median figures and the median ratio."""

@@ -27,7 +27,7 @@ import time
 from ..knobs.checkpointing import wrap
 from ..knobs.precision import torch_dtype
 from .measure import OverTarget, device_lock
-from .protocol import TrialRequest, TrialResult
+from .protocol import TrainRequest, TrialResult
 
 NUMERICS_STEPS = 5
 NUMERICS_BATCH = 8
@@ -171,7 +171,7 @@ def step_peak_memory_mb(step, batch: tuple, device: str, workdir: str) -> float:
     return max((sum(v) for v in sizes), default=0) / 1e6
 
 
-def run_train_trial(pipeline, request: TrialRequest) -> TrialResult:
+def run_train_trial(pipeline, request: TrainRequest) -> TrialResult:
     """One training-step trial in the worker (the configuration's threads already set)."""
     import torch
 
@@ -190,12 +190,11 @@ def run_train_trial(pipeline, request: TrialRequest) -> TrialResult:
             sync()
         build_s = time.perf_counter() - started
 
-    limit_mb = request.memory_limit_mb
     with device_lock(device, exclusive=True):
         started = time.perf_counter()
         peak_mb = step_peak_memory_mb(step, batch, device, request.workdir)
-        if limit_mb is not None and peak_mb > limit_mb:
-            raise OverTarget(f"memory: peak {peak_mb:.1f} MB is over the {limit_mb:g} MB target "
+        if request.targets.over("memory", {"peak_memory_mb": peak_mb}):
+            raise OverTarget(f"memory: peak {peak_mb:.1f} MB is over the {request.targets.memory_mb:g} MB target "
                              f"(one step measured, not timed)", {"peak_memory_mb": peak_mb, "build_s": build_s})
         load = machine_load()
         latency, repeats = time_steadily(lambda: step(batch), min_time_s=request.min_time_s, min_calls=5,
