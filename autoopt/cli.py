@@ -14,9 +14,10 @@ from .errors import AutoOptError
 from .report.printing import (console, describe, err, print_bench, print_export, print_json, print_plan, summary_table,
                               trials_table)
 from .report.progress import Progress
+from .option_table import OPTIONS, TABLE
 from .runtimes import FORMATS, packages
 
-TRACKING_HELP = "MLflow tracking URI or store directory (default: $MLFLOW_TRACKING_URI, else ./mlruns)."
+TRACKING_HELP = OPTIONS["tracking_uri"].help  # export, trials and ui take --tracking-uri too
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the fastest deployable version of a PyTorch model that meets your targets.")
 
@@ -26,68 +27,24 @@ def _fail(exc: AutoOptError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-@app.command()
 def search(
     ctx: typer.Context,
     pipeline: Optional[str] = typer.Argument(None, help="Pipeline file, bundled name, hf:PATH (a Hugging Face model), "
                                                         "FILE.pt2 or FILE.pt (default: the config's, else digits_cnn)."),
     config: Optional[str] = typer.Option(None, help="A YAML file of search options: targets, space, options "
-                                                    "(the flags given override it)."),
-    target_latency: Optional[str] = typer.Option(None, help="p95 latency bound of one batch call: 100ms, 0.1s, 250us."),
-    target_memory: Optional[str] = typer.Option(None, help="Memory bound: 512MB, 2GiB (of --memory-basis)."),
-    memory_basis: Optional[str] = typer.Option(None, help="What --target-memory bounds: serving (the peak resident "
-                                                          "memory of a fresh process serving the candidate; default "
-                                                          "for inference on the CPU) or growth (what a warm worker "
-                                                          "gains loading and calling it; training, CUDA)."),
-    max_accuracy_drop: str = typer.Option("1%", help="Allowed metric drop vs the reference: 1% or 0.01."),
-    space: Optional[str] = typer.Option(None, help="Search space YAML file (default: search_spaces/default.yaml)."),
-    trials: int = typer.Option(20, min=1, help="Trials the study should hold, the reference included."),
-    timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long: 30m, 2h."),
-    seed: Optional[int] = typer.Option(None, help="Sampler seed."),
-    study: Optional[str] = typer.Option(None, help="Study name; the same name resumes a study."),
-    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL or journal file (default: in the MLflow store)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    trial_timeout: str = typer.Option("10m", help="Time limit of one trial: 10m, 600s."),
-    min_time: str = typer.Option("1s", help="Timed calls of one trial last at least this long (more = steadier)."),
-    export: Optional[str] = typer.Option(None, help="After the search, export the best trial in this format "
-                                                    "(the search then only samples the runtime it ships)."),
-    out: Optional[str] = typer.Option(None, help="Bundle directory of --export (default: exports/<study>)."),
-    register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
-    remeasure_top: int = typer.Option(3, min=0, help="Re-time the reference and this many best trials interleaved "
-                                                     "at the end; the winner is chosen on those figures (0: off)."),
-    sampler: str = typer.Option("tpe", help="tpe, gp (Gaussian process: slower sampling, for few slow trials), random "
-                                            "or grid (every combination once)."),
-    warm_start: bool = typer.Option(True, help="Try the known-good combinations for the device right after the reference."),
-    task: str = typer.Option("infer", help="infer (serving: latency, throughput) or train (the training step: "
-                                            "batch, precision, checkpointing under --target-memory)."),
-    jobs: int = typer.Option(1, min=1, help="Trials at once on this machine (builds overlap; timing takes the "
-                                             "device alone)."),
-    fresh_workers: bool = typer.Option(False, help="A new worker process per trial instead of a warm one (~3 s "
-                                                    "more per trial)."),
-    early_stop: bool = typer.Option(True, help="Stop a trial already past --target-latency (accuracy not checked); "
-                                               "--no-early-stop measures every trial fully."),
-    patience: Optional[int] = typer.Option(None, min=1, help="End the search after this many finished trials without "
-                                                             "a better feasible one."),
-    screen: bool = typer.Option(True, help="Time each trial briefly first; one far below the best so far stops there "
-                                           "(--no-screen times every trial fully)."),
-    texts: Optional[str] = typer.Option(None, help="hf:PATH: a text file, one input a line (default: built-in sentences)."),
-    seq_len: Optional[int] = typer.Option(None, help="hf:PATH: tokens a text is padded to (default: the longest text's)."),
-    labels: Optional[str] = typer.Option(None, help="hf:PATH classifier: true labels, one a line for each text."),
-    input_shape: Optional[str] = typer.Option(None, help="FILE.pt2/.pt: one sample's shape, no batch axis: 3x224x224[,16]."),
-    input_dtype: Optional[str] = typer.Option(None, help="FILE.pt2/.pt: input dtype(s): float32, int64[,...]."),
-    save_pipeline: Optional[str] = typer.Option(None, help="Write the pipeline file built for a brought model here."),
+                                                    "(the flags given override it).", rich_help_panel="Search"),
     dry_run: bool = typer.Option(False, help="Print the resolved space, its distinct configurations, the warm start "
-                                             "and the budget, and exit without running a trial."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout (progress goes to stderr)."),
+                                             "and the budget, and exit without running a trial.", rich_help_panel="Search"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout (progress goes to stderr).",
+                                  rich_help_panel="Export and output"),
+    **options,
 ) -> None:
     """Search for the fastest configuration that meets the targets; log every trial to MLflow."""
     from . import api
 
     # Only the flags given: the others take the config file's values, else the API's defaults. (By the
     # source's name: recent typer carries a click of its own, whose ParameterSource is not click's.)
-    given = {name: value for name, value in ctx.params.items() if name not in ("pipeline", "config", "dry_run", "json_out")
-             and ctx.get_parameter_source(name).name != "DEFAULT"}
+    given = {name: value for name, value in options.items() if ctx.get_parameter_source(name).name != "DEFAULT"}
     if dry_run:
         try:
             plan = api.plan(pipeline, config=config, **given)
@@ -114,35 +71,26 @@ def _search_exit_code(result) -> int:
     return 3 if result.best is None or (result.options.export and result.exported is None) else 0
 
 
-# --help groups search's options in panels and lists the values of those that take one of a few
-# (validated once, by the API, with its one-line message).
-SEARCH_PANELS = {
-    "Targets": ("target_latency", "target_memory", "memory_basis", "max_accuracy_drop"),
-    "Search": ("config", "space", "trials", "timeout", "seed", "study", "sampler", "warm_start", "task", "early_stop",
-               "screen", "patience", "remeasure_top", "dry_run"),
-    "Execution": ("device", "trial_timeout", "min_time", "jobs", "fresh_workers"),
-    "Storage": ("tracking_uri", "storage"),
-    "Brought model (hf:PATH, FILE.pt2/.pt)": ("texts", "seq_len", "labels", "input_shape", "input_dtype", "save_pipeline"),
-    "Export and output": ("export", "out", "register", "json_out"),
-}
-FORMAT_CHOICES = "[" + "|".join(FORMATS) + "]"  # the runtime registry's export formats
-CHOICES = {"device": "[auto|cpu|cuda]", "memory_basis": "[serving|growth]", "sampler": "[tpe|gp|random|grid]",
-           "task": "[infer|train]", "export": FORMAT_CHOICES, "format": FORMAT_CHOICES}
-
-
-def _describe_options(command, panels: dict | None = None) -> None:
+def _search_flags(command) -> None:
+    """The search options' flags, from option_table.TABLE: the command takes them as keywords (--help groups them in
+    panels and lists the values of those that take one of a few; the API validates them, with its one-line message)."""
     import inspect
 
-    parameters = inspect.signature(command).parameters
-    for panel, names in (panels or {}).items():
-        for name in names:
-            parameters[name].default.rich_help_panel = panel
-    for name, metavar in CHOICES.items():
-        if name in parameters:
-            parameters[name].default.metavar = metavar
+    head = [p for p in inspect.signature(command).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    flags = []
+    for o in TABLE:
+        flag = typer.Option(o.default, help=o.help, rich_help_panel=o.panel, min=o.minimum if o.cli_range else None,
+                            metavar=f"[{'|'.join(o.choices())}]" if o.choices else None)
+        annotation = o.kind.cli if o.default is not None else Optional[o.kind.cli]
+        flags.append(inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
+                                       default=flag))
+    order = [*head[:3], *flags, *head[3:]]  # pipeline, config, the options, then --dry-run and --json
+    command.__signature__ = inspect.Signature(order)
+    command.__annotations__ = {p.name: p.annotation for p in order}
 
 
-_describe_options(search, SEARCH_PANELS)
+_search_flags(search)
+app.command()(search)  # after its flags are in its signature
 
 
 def _report_search(result) -> None:
@@ -201,8 +149,9 @@ def _report_search(result) -> None:
 def export_command(
     study: Optional[str] = typer.Option(None, help="The study to export from (default: the latest study)."),
     trial: Optional[int] = typer.Option(None, help="Trial number (default: the best feasible trial for the format)."),
-    format: Optional[str] = typer.Option(None, "--format", help="The bundle's format (default: the study's --export, "
-                                                                 "else the one that ships the winner's runtime)."),
+    format: Optional[str] = typer.Option(None, "--format", metavar="[" + "|".join(FORMATS) + "]",  # the registry's
+                                         help="The bundle's format (default: the study's --export, else the one that "
+                                              "ships the winner's runtime)."),
     out: Optional[str] = typer.Option(None, help="Bundle directory (default: exports/<study>)."),
     register: Optional[str] = typer.Option(None, help="Register the exported model in MLflow under this name."),
     tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
@@ -221,9 +170,6 @@ def export_command(
         print_json({"path": str(exported.path), "manifest": exported.manifest.as_dict()})
         return
     print_export(exported)
-
-
-_describe_options(export_command)
 
 
 @app.command()

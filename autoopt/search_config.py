@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, render
-from .options import DEFAULTS, SearchOptions
+from .option_table import DEFAULTS
+from .options import SearchOptions
 from .study.space import read_yaml
 
 KEYS = ("pipeline", *DEFAULTS)
