@@ -1,6 +1,7 @@
 """The package as a whole: a light import, one spelling of options in messages, modules that stay small."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,12 @@ def test_a_misspelt_trial_attribute_is_refused_before_it_is_stored():
     assert trial.user_attrs == {"reference": True, "metrics": {"throughput": 1.0}}
     kept = attrs.TrialAttrs.of(trial)
     assert kept.reference and kept.metrics == {"throughput": 1.0} and kept.reason is None
+
+
+def test_the_readme_s_architecture_names_every_module_of_the_stages():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    drawn = readme[readme.index("## Extending autoopt"):readme.index("No module imports one that imports it back")]
+    named = set(re.findall(r"[\w]+\.py", drawn))
+    modules = {p.name for folder in (PACKAGE, *(PACKAGE / s for s in ("study", "trial", "report", "bundle")))
+               for p in folder.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert modules - named == set()
