@@ -15,7 +15,6 @@ from .option_table import DEFAULTS, TABLE, Option
 from .targets import Targets
 
 
-
 def _parse(cls, **raw) -> "SearchOptions":
     """Validate what the user passed (option_table.TABLE names them); every problem is a ConfigError."""
     unknown = sorted(set(raw) - set(DEFAULTS))

@@ -46,10 +46,11 @@ def record(trial, **values) -> None:
         trial.set_user_attr(key, value)
 
 
-def record_in_storage(storage, study, number: int, **values) -> None:
+def record_by_number(storage, study, number: int, **values) -> None:
     """Keep `values` on trial `number` of `study` through its storage: for a trial this process does not run
     (another process abandoned it)."""
     study_id = storage.get_study_id_from_name(study.study_name)
+    # Optuna's public storage API: a FrozenTrial keeps its storage id private
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
     for key, value in _checked(values).items():
         storage.set_trial_user_attr(trial_id, key, value)

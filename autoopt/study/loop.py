@@ -219,7 +219,7 @@ def _recover_abandoned(study, storage, listeners: list) -> None:
         elif time.time() - float(kept.heartbeat if kept.heartbeat is not None else owner.get("since", 0)) < STALE_S:
             continue
         if storage is not None:
-            attrs.record_in_storage(storage, study, t.number, reason=ABANDONED)
+            attrs.record_by_number(storage, study, t.number, reason=ABANDONED)
         try:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except (RuntimeError, ValueError):  # another survivor recovered it first
