@@ -178,3 +178,40 @@ def test_with_an_export_the_bar_is_the_best_trial_of_the_runtime_it_ships():
     assert contender_bar(trials, 9) == SCREEN_SHARE * 500.0
     assert contender_bar(trials, 9, "onnxruntime") == SCREEN_SHARE * 100.0  # the eager reference does not ship
     assert contender_bar(trials, 9, "openvino") is None
+
+
+def test_the_budget_waits_for_trials_that_other_processes_run_and_takes_over_an_abandoned_ones_place():
+    import threading
+
+    from autoopt.study.budget import ABANDONED, Budget
+
+    def elsewhere(study):
+        trial = study.ask()
+        trial.set_user_attr("owner", {"host": "other-machine", "pid": 1, "since": 0})
+        return trial
+
+    def ask_in_thread(budget):
+        got = []
+        thread = threading.Thread(target=lambda: got.append(budget.ask()), daemon=True)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive()  # the study's last place is another process's running trial
+        return thread, got
+
+    study = optuna.create_study()
+    other = elsewhere(study)
+    thread, got = ask_in_thread(Budget(study, n_trials=1, timeout_s=None))
+    study.tell(other, 1.0)  # it finished: the study is complete and this search ends
+    thread.join(10)
+    assert got == [None]
+
+    study = optuna.create_study()
+    other = elsewhere(study)
+    thread, got = ask_in_thread(Budget(study, n_trials=1, timeout_s=None))
+    other.set_user_attr("reason", ABANDONED)
+    study.tell(other, state=optuna.trial.TrialState.FAIL)  # recovered: its place is free again
+    thread.join(10)
+    assert got and got[0] is not None and got[0].number == 1
+
+    own = Budget(optuna.create_study(), n_trials=1, timeout_s=None)
+    assert own.ask() is not None and own.ask() is None  # its own running trial: nothing to wait for

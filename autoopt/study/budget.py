@@ -19,6 +19,7 @@ ABANDONED = ("abandoned: the search process running it died (killed?) or stopped
 # A running trial's owner writes a heartbeat this often ($AUTOOPT_HEARTBEAT_S: shorter where machines come and go)
 HEARTBEAT_S = float(os.environ.get("AUTOOPT_HEARTBEAT_S", 30.0))
 STALE_S = 4 * HEARTBEAT_S  # a trial of another host whose heartbeat is older than this is abandoned
+WAIT = object()  # Budget._next: the count is full only while other processes' trials run
 
 
 class Budget:
@@ -39,26 +40,44 @@ class Budget:
         self.running: dict = {}
 
     def ask(self):
-        with self.lock:
-            if self.stop.is_set() or (self.timeout_s is not None and time.monotonic() - self.started >= self.timeout_s):
+        """The next trial, or None when the search ends. While the count is full only because of trials that
+        other processes run, it waits: each either finishes (the study is then complete, and this search's
+        report holds it) or stops beating and is recovered, which frees its place for a trial here."""
+        told = False
+        while True:
+            with self.lock:
+                trial = self._next()
+            if trial is not WAIT:
+                return trial
+            if not told:
+                logging.getLogger("autoopt").info("Waiting for the study's last trials, which other search processes "
+                                                  "run; a trial whose process stops beating is recovered and run here.")
+                told = True
+            if self.stop.wait(min(HEARTBEAT_S, 1.0)):
                 return None
-            trials = self.study.get_trials(deepcopy=False)
-            # an abandoned trial (its machine died) did not use the budget: another takes its place
-            if sum((t.state.is_finished() and TrialAttrs.of(t).reason != ABANDONED) or t.state.name == "RUNNING"
-                   for t in trials) >= self.n_trials:
-                return None
-            if self.patience is not None and since_best(trials) >= self.patience:
-                logging.getLogger("autoopt").info("Stopping: %d trials finished without a better feasible one "
-                                                  "(--patience %d).", self.patience, self.patience)
-                self.stop.set()
-                return None
-            self.before_ask()
-            trial = self.study.ask()
-            self.prepare(trial)
-            now = time.time()
-            attrs.record(trial, owner={"host": host_id(), "pid": os.getpid(), "since": now}, heartbeat=now)
-            self.running[trial.number] = trial
-            return trial
+
+    def _next(self):
+        if self.stop.is_set() or (self.timeout_s is not None and time.monotonic() - self.started >= self.timeout_s):
+            return None
+        trials = self.study.get_trials(deepcopy=False)
+        # an abandoned trial (its machine died) did not use the budget: another takes its place
+        counted = [t for t in trials
+                   if (t.state.is_finished() and TrialAttrs.of(t).reason != ABANDONED) or t.state.name == "RUNNING"]
+        if len(counted) >= self.n_trials:
+            others = any(t.state.name == "RUNNING" and t.number not in self.running for t in counted)
+            return WAIT if others else None
+        if self.patience is not None and since_best(trials) >= self.patience:
+            logging.getLogger("autoopt").info("Stopping: %d trials finished without a better feasible one "
+                                              "(--patience %d).", self.patience, self.patience)
+            self.stop.set()
+            return None
+        self.before_ask()
+        trial = self.study.ask()
+        self.prepare(trial)
+        now = time.time()
+        attrs.record(trial, owner={"host": host_id(), "pid": os.getpid(), "since": now}, heartbeat=now)
+        self.running[trial.number] = trial
+        return trial
 
     def done(self, trial) -> None:
         with self.lock:
