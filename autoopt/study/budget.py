@@ -38,25 +38,26 @@ class Budget:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.running: dict = {}
+        self.told_waiting = False
 
     def ask(self):
         """The next trial, or None when the search ends. While the count is full only because of trials that
         other processes run, it waits: each either finishes (the study is then complete, and this search's
         report holds it) or stops beating and is recovered, which frees its place for a trial here."""
-        told = False
         while True:
             with self.lock:
                 trial = self._next()
+                told, self.told_waiting = self.told_waiting, self.told_waiting or trial is WAIT
             if trial is not WAIT:
                 return trial
-            if not told:
+            if not told:  # once per search, not once per job thread
                 logging.getLogger("autoopt").info("Waiting for the study's last trials, which other search processes "
                                                   "run; a trial whose process stops beating is recovered and run here.")
-                told = True
             if self.stop.wait(min(HEARTBEAT_S, 1.0)):
                 return None
 
     def _next(self):
+        """A new trial, None when the search ends, or WAIT; called with the lock held."""
         if self.stop.is_set() or (self.timeout_s is not None and time.monotonic() - self.started >= self.timeout_s):
             return None
         trials = self.study.get_trials(deepcopy=False)
